@@ -1,0 +1,383 @@
+"""Algorithm 1: alternating, self-paced training of the A-Net (Eq 11) and the H-Net (Eq 12).
+
+Scale of the terms (NOTES item 10): the paper sums l_sem and l_sp over all n^2 pairs and
+l_con, l_quan over the n items. We divide every sum by the batch size n: pair terms are
+summed over each item's partners and averaged over items (``loss.pair_reduction=row_sum``),
+item terms are averaged over items. The ratios between the terms are then the paper's,
+whatever the batch size, so lambda1, lambda2, alpha and beta keep the paper's values.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import __version__, metrics
+from ..config import Config, save_config
+from ..errors import CheckpointError
+from ..losses import (adversarial_loss, consistency_loss, quantization_loss, semantic_loss,
+                      similarity_matrix)
+from .build import RunData, to_tensor
+from .checkpoint import latest_checkpoint, save_checkpoint
+from .encode import encode_images
+from .schedules import lr_factor, omega_at
+
+
+@dataclass
+class StepPlan:
+    """Index batches of one epoch: per step a labeled and an unlabeled batch, and the phase."""
+    labeled: list
+    unlabeled: list
+    phases: list   # "both" (A-Net then H-Net), "anet" or "hnet"
+
+
+class Trainer:
+    """Trains ``hnet`` (and ``anet`` when it has parameters) on ``data`` as ``cfg`` says."""
+
+    def __init__(self, cfg: Config, hnet, anet, data: RunData, run_dir: str | Path,
+                 device: torch.device):
+        self.cfg, self.hnet, self.anet, self.data = cfg, hnet, anet, data
+        self.run_dir = Path(run_dir)
+        self.device = device
+        t = cfg.train
+        self.channels_last = t.channels_last and device.type == "cpu"
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.hnet.to(device, memory_format=fmt)
+        if self.anet is not None:
+            self.anet.to(device)
+        head = list(hnet.hash_layer.parameters())
+        head_ids = {id(p) for p in head}
+        body = [p for p in hnet.parameters() if id(p) not in head_ids]
+        self.opt_h = torch.optim.SGD([{"params": body, "lr_mult": t.backbone_lr_mult},
+                                      {"params": head, "lr_mult": 1.0}],
+                                     lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        self.learn_anet = self.anet is not None and self.anet.has_parameters()
+        self.opt_a = None
+        if self.learn_anet:
+            params = [p for p in self.anet.parameters() if p.requires_grad]
+            if t.anet_optimizer == "adam":
+                self.opt_a = torch.optim.Adam(params, lr=t.anet_lr, betas=(0.5, 0.999))
+            else:
+                self.opt_a = torch.optim.SGD(params, lr=t.anet_lr, momentum=t.momentum,
+                                             weight_decay=t.weight_decay)
+        self.use_unlabeled = self.anet is not None and "con" in cfg.loss.hnet_losses \
+            and len(data.split.unlabeled) > 0 and t.unlabeled_batch_size > 0
+        n_lab = len(data.train_labeled)
+        self.batch_size = min(t.batch_size, n_lab)
+        self.steps_per_epoch = t.steps_per_epoch or max(1, math.ceil(n_lab / self.batch_size))
+        self.total_steps = self.steps_per_epoch * t.epochs
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.history: list[dict] = []
+        self._plan_epoch = None
+        self._plan = None
+
+    # ------------------------------------------------------------------ planning
+    def plan(self, epoch: int) -> StepPlan:
+        """Deterministic batches of ``epoch`` (numpy RNG seeded by (seed, epoch))."""
+        if self._plan_epoch == epoch:
+            return self._plan
+        t = self.cfg.train
+        rng = np.random.default_rng([t.seed, epoch])
+        lab = self.data.train_labeled
+        need = self.steps_per_epoch * self.batch_size
+        perm = np.concatenate([rng.permutation(lab) for _ in range(math.ceil(need / len(lab)))])
+        labeled = [np.sort(perm[i * self.batch_size:(i + 1) * self.batch_size])
+                   for i in range(self.steps_per_epoch)]
+        unlabeled = [np.empty(0, dtype=np.int64)] * self.steps_per_epoch
+        if self.use_unlabeled:
+            un = self.data.split.unlabeled
+            bu = min(t.unlabeled_batch_size, len(un))
+            need_u = self.steps_per_epoch * bu
+            perm_u = np.concatenate([rng.permutation(un) for _ in range(math.ceil(need_u / len(un)))])
+            unlabeled = [np.sort(perm_u[i * bu:(i + 1) * bu]) for i in range(self.steps_per_epoch)]
+        if t.alternate == "epoch" and self.learn_anet:
+            phases = ["anet"] * self.steps_per_epoch + ["hnet"] * self.steps_per_epoch
+            labeled, unlabeled = labeled * 2, unlabeled * 2
+        else:
+            phases = ["both"] * self.steps_per_epoch
+        self._plan_epoch, self._plan = epoch, StepPlan(labeled, unlabeled, phases)
+        return self._plan
+
+    # ------------------------------------------------------------------ losses
+    def _pair(self, fn, *args, **kw):
+        return fn(*args, reduction=self.cfg.loss.pair_reduction, **kw)
+
+    def semantic_term(self, u, u_gen, S, include_xx: bool = True):
+        """Eq 8: l_pair over (x, x), (x, y) and (y, y) pairs, averaged over the n generations."""
+        kind = self.cfg.loss.semantic
+        total = self._pair(semantic_loss, u, u, S, kind=kind) if include_xx else u.new_zeros(())
+        if u_gen is not None:
+            gen = [self._pair(semantic_loss, u, g, S, kind=kind) + self._pair(semantic_loss, g, g, S, kind=kind)
+                   for g in u_gen]
+            total = total + torch.stack(gen).mean()
+        return total
+
+    def sp_term(self, u, u_gen, S, omega, terms):
+        """Eq 7: sum over n of l_adv(y, y, omega) (``sph``) + l_adv(x, y, omega / 2) (``spc``)."""
+        sp = self.cfg.loss.self_paced
+        total = u.new_zeros(())
+        for g in u_gen:
+            if "sph" in terms:
+                total = total + self._pair(adversarial_loss, u, u, g, g, S, omega, self_paced=sp)
+            if "spc" in terms:
+                total = total + self._pair(adversarial_loss, u, u, u, g, S, omega / 2, self_paced=sp)
+        return total
+
+    # ------------------------------------------------------------------ steps
+    def _codes_of_generation(self, gen, batch):
+        mu = self.hnet(gen.images, edit=gen.edit)
+        return mu.view(gen.n, batch, -1)
+
+    def anet_step(self, x, S, omega) -> dict:
+        """Eq 11 with the H-Net fixed: alpha l_sp + lambda1 l_sem + beta l_quan on generated images."""
+        L, terms = self.cfg.loss, self.cfg.loss.anet_losses
+        self.hnet.eval()
+        self.hnet.requires_grad_(False)
+        self.anet.train()
+        try:
+            with torch.no_grad():
+                u = self.hnet(x)
+            gen = self.anet(x)
+            u_gen = self._codes_of_generation(gen, len(x))
+            l_sp = self.sp_term(u, u_gen, S, omega, terms)
+            l_sem = self.semantic_term(u, u_gen, S, include_xx=False) if "sem" in terms else u.new_zeros(())
+            l_quan = torch.stack([quantization_loss(g) for g in u_gen]).mean()
+            loss = L.alpha * l_sp + L.lambda1 * l_sem + L.beta * l_quan
+            self.opt_a.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_a.step()
+        finally:
+            self.hnet.requires_grad_(True)
+            self.hnet.train()
+        return {"a_loss": loss.item(), "a_sp": l_sp.item(), "a_sem": l_sem.item(), "a_quan": l_quan.item(),
+                **self._generation_stats(gen)}
+
+    def hnet_step(self, x, xu, S, omega) -> dict:
+        """Eq 12: lambda1 l_sem + lambda2 l_con + beta l_quan, on originals and generated images."""
+        L, terms = self.cfg.loss, self.cfg.loss.hnet_losses
+        self.hnet.train()
+        x_all = torch.cat([x, xu]) if xu is not None and len(xu) else x
+        n_lab = len(x)
+        u_all = self.hnet(x_all)
+        u = u_all[:n_lab]
+        out = {}
+        u_gen_all = None
+        if self.anet is not None:
+            self.anet.eval()
+            with torch.no_grad():
+                gen = self.anet(x_all)
+            u_gen_all = self._codes_of_generation(gen, len(x_all))
+        u_gen = None if u_gen_all is None else u_gen_all[:, :n_lab]
+        l_sem = self.semantic_term(u, u_gen, S) if "sem" in terms else u.new_zeros(())
+        loss = L.lambda1 * l_sem
+        l_quan = quantization_loss(u_all)
+        if u_gen_all is not None:
+            l_quan = l_quan + torch.stack([quantization_loss(g) for g in u_gen_all]).mean()
+            if "con" in terms:
+                l_con = torch.stack([consistency_loss(u_all, g) for g in u_gen_all]).mean()
+                loss = loss + L.lambda2 * l_con
+                out["h_con"] = l_con.item()
+            if "sp" in terms:
+                l_sp = self.sp_term(u, u_gen, S, omega, ("sph", "spc"))
+                loss = loss + L.alpha * l_sp
+                out["h_sp"] = l_sp.item()
+        loss = loss + L.beta * l_quan
+        self.opt_h.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_h.step()
+        out.update({"h_loss": loss.item(), "h_sem": l_sem.item(), "h_quan": l_quan.item()})
+        return out
+
+    @staticmethod
+    def _generation_stats(gen) -> dict:
+        stats = {}
+        if gen.angles is not None:
+            for i, a in enumerate(gen.angles.detach().abs().mean(dim=1).tolist()):
+                stats[f"angle_band{i + 1}"] = a
+            stats["scale_mean"] = gen.scales.detach().mean().item()
+        if gen.image_mask is not None:
+            am, pm = gen.image_mask
+            stats["mask_add_abs"] = torch.tanh(am.detach()).abs().mean().item()
+            stats["mask_mul"] = torch.sigmoid(pm.detach()).mean().item()
+        return stats
+
+    # ------------------------------------------------------------------ loop
+    def _set_lr(self):
+        t = self.cfg.train
+        f = lr_factor(self.global_step, self.total_steps, t.schedule,
+                      int(t.warmup_epochs * self.steps_per_epoch))
+        for g in self.opt_h.param_groups:
+            g["lr"] = t.lr * g["lr_mult"] * f
+        return t.lr * f
+
+    def _batch(self, idx) -> torch.Tensor:
+        x = to_tensor(self.data.images[idx], self.device, self.channels_last)
+        if self.cfg.train.flip:
+            flip = torch.rand(len(x)) < 0.5
+            x[flip] = x[flip].flip(-1)
+        return x
+
+    def train_step(self, epoch: int, i: int) -> dict:
+        plan = self.plan(epoch)
+        lab, unl, phase = plan.labeled[i], plan.unlabeled[i], plan.phases[i]
+        omega = omega_at(epoch, self.cfg.loss.omega, self.cfg.loss.omega_step, self.cfg.loss.omega_every)
+        x = self._batch(lab)
+        S = similarity_matrix(self.data.labels[lab], self.data.labels[lab]).to(self.device)
+        logs = {"omega": omega, "lr": self._set_lr()}
+        if self.learn_anet and phase in ("both", "anet") and self.cfg.loss.anet_losses:
+            logs.update(self.anet_step(x, S, omega))
+        if phase in ("both", "hnet"):
+            xu = self._batch(unl) if len(unl) else None
+            logs.update(self.hnet_step(x, xu, S, omega))
+        logs["images"] = len(lab) + len(unl)
+        return logs
+
+    def validate(self) -> float | None:
+        """mAP of the validation items against the labeled training items (never the queries)."""
+        if len(self.data.val) == 0:
+            return None
+        db = self.data.train_labeled
+        codes_q = encode_images(self.hnet, self.data.images, self.device,
+                                channels_last=self.channels_last, rows=self.data.val)
+        codes_d = encode_images(self.hnet, self.data.images, self.device,
+                                channels_last=self.channels_last, rows=db)
+        return metrics.mean_average_precision(codes_q, self.data.labels[self.data.val],
+                                              codes_d, self.data.labels[db])
+
+    def fit(self, resume: bool = False) -> list[dict]:
+        t = self.cfg.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.restore()
+        else:
+            self._write_run_info()
+        while self.epoch < t.epochs:
+            epoch = self.epoch
+            plan = self.plan(epoch)
+            n_steps = len(plan.phases)
+            if self.step_in_epoch == 0:
+                torch.manual_seed(t.seed * 100_003 + epoch)
+                self._acc = defaultdict(list)
+                self._epoch_start = time.time()
+                self._images = 0
+            bar = tqdm(range(self.step_in_epoch, n_steps), initial=self.step_in_epoch, total=n_steps,
+                       desc=f"epoch {epoch + 1}/{t.epochs}", unit="step", disable=t.quiet, leave=False)
+            for i in bar:
+                logs = self.train_step(epoch, i)
+                self._images += logs.pop("images")
+                for k, v in logs.items():
+                    self._acc[k].append(v)
+                bar.set_postfix({k: f"{logs[k]:.3f}" for k in ("h_loss", "a_loss", "h_sem") if k in logs})
+                self.step_in_epoch = i + 1
+                if self.phase_is_global_step(plan, i):
+                    self.global_step += 1
+                if t.checkpoint_every_steps and self.step_in_epoch % t.checkpoint_every_steps == 0 \
+                        and self.step_in_epoch < n_steps:
+                    self.save()
+            bar.close()
+            record = {"epoch": epoch + 1, **{k: float(np.mean(v)) for k, v in self._acc.items()}}
+            elapsed = time.time() - self._epoch_start
+            record["images_per_s"] = self._images / max(elapsed, 1e-9)
+            record["epoch_seconds"] = elapsed
+            if t.eval_every and ((epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs):
+                val = self.validate()
+                if val is not None:
+                    record["val_map"] = val
+            self.history.append(record)
+            with open(self.run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if not t.quiet:
+                shown = " ".join(f"{k}={record[k]:.4f}" for k in ("h_loss", "h_sem", "h_con", "a_loss", "val_map")
+                                 if k in record)
+                tqdm.write(f"epoch {epoch + 1}/{t.epochs} {shown} ({record['images_per_s']:.0f} img/s)")
+            self.epoch += 1
+            self.step_in_epoch = 0
+            self.save()
+        return self.history
+
+    @staticmethod
+    def phase_is_global_step(plan: StepPlan, i: int) -> bool:
+        """The learning-rate clock advances on H-Net steps."""
+        return plan.phases[i] in ("both", "hnet")
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict:
+        m = self.cfg.model
+        return {
+            "hnet": self.hnet.state_dict(),
+            "anet": self.anet.state_dict() if self.anet is not None else {},
+            "opt_h": self.opt_h.state_dict(),
+            "opt_a": self.opt_a.state_dict() if self.opt_a is not None else {},
+            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+            "torch_rng": torch.get_rng_state(),
+            "config": self.cfg.to_dict(),
+            "bits": m.bits, "backbone": m.backbone, "variant": self.cfg.train.variant,
+            "in_channels": self.data.channels, "input_size": int(self.data.images.shape[1]),
+            "history": json.dumps(self.history),
+            "version": __version__,
+        }
+
+    def save(self) -> Path:
+        return save_checkpoint(self.state(), self.run_dir / "checkpoints",
+                               self.epoch * 1_000_000 + self.step_in_epoch,
+                               keep=self.cfg.train.keep_checkpoints)
+
+    def restore(self) -> bool:
+        found = latest_checkpoint(self.run_dir / "checkpoints")
+        if found is None:
+            self._write_run_info()
+            return False
+        path, state = found
+        check_compatible(state, self.cfg, path)
+        self.hnet.load_state_dict(state["hnet"])
+        if self.anet is not None and state["anet"]:
+            self.anet.load_state_dict(state["anet"])
+        self.opt_h.load_state_dict(state["opt_h"])
+        if self.opt_a is not None and state["opt_a"]:
+            self.opt_a.load_state_dict(state["opt_a"])
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.global_step = state["global_step"]
+        self.history = json.loads(state["history"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.step_in_epoch > 0:  # mid-epoch: the running sums of this epoch restart here
+            self._acc = defaultdict(list)
+            self._epoch_start = time.time()
+            self._images = 0
+        return True
+
+    def _write_run_info(self):
+        save_config(self.cfg, self.run_dir / "config.yaml")
+        info = {"version": __version__, "commit": git_commit(), "seed": self.cfg.train.seed,
+                "device": str(self.device), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        (self.run_dir / "run.json").write_text(json.dumps(info, indent=2))
+        log = self.run_dir / "log.jsonl"
+        if log.exists():
+            log.unlink()
+
+
+def check_compatible(state: dict, cfg: Config, path) -> None:
+    """A checkpoint of another bit length, backbone or variant is refused with a clear error."""
+    for key, want in (("bits", cfg.model.bits), ("backbone", cfg.model.backbone),
+                      ("variant", cfg.train.variant)):
+        if state.get(key) != want:
+            raise CheckpointError(f"{path} was trained with {key}={state.get(key)!r}, but the config "
+                                  f"asks for {key}={want!r}; use another run_dir or match the config")
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
