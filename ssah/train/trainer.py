@@ -13,6 +13,7 @@ import math
 import subprocess
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,16 +168,19 @@ class Trainer:
         L, terms = self.cfg.loss, self.cfg.loss.hnet_losses
         self.hnet.train()
         x_all = torch.cat([x, xu]) if xu is not None and len(xu) else x
-        n_lab = len(x)
-        u_all = self.hnet(x_all)
-        u = u_all[:n_lab]
+        n_lab, n_all = len(x), len(x_all)
         out = {}
         u_gen_all = None
-        if self.anet is not None:
+        if self.anet is None:
+            u_all = self.hnet(x_all)
+        else:
             self.anet.eval()
             with torch.no_grad():
                 gen = self.anet(x_all)
-            u_gen_all = self._codes_of_generation(gen, len(x_all))
+            u_all = self.hnet(x_all)
+            with frozen_bn_stats(self.hnet):   # measured: mixing generated statistics hurts
+                u_gen_all = self._codes_of_generation(gen, n_all)
+        u = u_all[:n_lab]
         u_gen = None if u_gen_all is None else u_gen_all[:, :n_lab]
         l_sem = self.semantic_term(u, u_gen, S) if "sem" in terms else u.new_zeros(())
         loss = L.lambda1 * l_sem
@@ -363,6 +367,20 @@ class Trainer:
         log = self.run_dir / "log.jsonl"
         if log.exists():
             log.unlink()
+
+
+@contextmanager
+def frozen_bn_stats(module):
+    """Batch statistics normalise, but running statistics stay those of the original images."""
+    bns = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
 
 
 def check_compatible(state: dict, cfg: Config, path) -> None:
