@@ -275,7 +275,8 @@ class Trainer:
                 self._epoch_start = time.time()
                 self._images = 0
             bar = tqdm(range(self.step_in_epoch, n_steps), initial=self.step_in_epoch, total=n_steps,
-                       desc=f"epoch {epoch + 1}/{t.epochs}", unit="step", disable=t.quiet, leave=False)
+                       desc=f"epoch {epoch + 1}/{t.epochs}", unit="step", leave=False,
+                       disable=True if t.quiet else None)   # None: no bar when not a terminal
             for i in bar:
                 logs = self.train_step(epoch, i)
                 self._images += logs.pop("images")
