@@ -102,8 +102,9 @@ def test_resume_gives_the_same_next_step_loss(tmp_path, monkeypatch):
         return logs
 
     monkeypatch.setattr(Trainer, "train_step", recording)
-    make_trainer(digits_cfg(tmp_path, f"run_dir={tmp_path / 'full'}")).fit()
-    cut_cfg = digits_cfg(tmp_path, f"run_dir={tmp_path / 'cut'}", "train.checkpoint_every_steps=4")
+    short = ["train.steps_per_epoch=7", "train.eval_every=0"]
+    make_trainer(digits_cfg(tmp_path, f"run_dir={tmp_path / 'full'}", *short)).fit()
+    cut_cfg = digits_cfg(tmp_path, f"run_dir={tmp_path / 'cut'}", "train.checkpoint_every_steps=4", *short)
     with pytest.raises(KeyboardInterrupt):
         make_trainer(cut_cfg).fit()
     seen["cut"].clear()
@@ -118,7 +119,8 @@ def test_resume_gives_the_same_next_step_loss(tmp_path, monkeypatch):
 
 
 def test_checkpoints_are_atomic_kept_and_checked(tmp_path):
-    cfg = digits_cfg(tmp_path, "train.epochs=4", "train.keep_checkpoints=2", "train.eval_every=0")
+    cfg = digits_cfg(tmp_path, "train.epochs=4", "train.keep_checkpoints=2", "train.eval_every=0",
+                     "train.steps_per_epoch=2")
     make_trainer(cfg).fit()
     ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")
     assert len(ckpts) == 2
