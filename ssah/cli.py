@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import SSAHError
 
-BENCHMARKS = ("metrics", "encode", "search")
+BENCHMARKS = ("metrics", "encode", "search", "paper")
 
 
 def cmd_train(args) -> int:

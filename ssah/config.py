@@ -32,6 +32,7 @@ class DataConfig:
     split_seed: int = 0
     val_per_class: int = 0           # validation items carved from the labeled set (never queries)
     skip_bad: bool = False           # skip unreadable images (counted) instead of failing
+    max_items: int | None = None     # use a random subset of this many items (quick runs)
 
 
 @dataclass

@@ -15,3 +15,7 @@ class ConfigError(SSAHError):
 
 class CheckpointError(SSAHError):
     """A checkpoint is missing, corrupt, or does not match the requested model."""
+
+
+class IndexFileError(SSAHError):
+    """A saved Hamming index is missing, truncated, corrupt, foreign or does not match."""

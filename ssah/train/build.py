@@ -51,8 +51,13 @@ def load_images(cfg: DataConfig, progress: bool = True):
     cache = build_cache(ds, cfg.image_size, cfg.cache_dir, channels=cfg.channels,
                         skip_bad=cfg.skip_bad, progress=progress)
     images, labels, ids, splits = cache.array, ds.labels, ds.ids, ds.splits
+    keep = None
     if len(cache.skipped_indices):   # skip_bad dropped unreadable files (counted and reported)
-        keep = cache.keep
+        keep = np.flatnonzero(cache.keep)
+    if cfg.max_items is not None and cfg.max_items < len(labels):
+        pool = np.flatnonzero(cache.keep)
+        keep = np.sort(np.random.default_rng(cfg.split_seed).permutation(pool)[:cfg.max_items])
+    if keep is not None:
         images, labels, ids = images[keep], labels[keep], ids[keep]
         splits = None if splits is None else splits[keep]
     return images, np.asarray(labels), np.asarray(ids), splits

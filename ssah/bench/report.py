@@ -1,0 +1,139 @@
+"""The results README (our numbers beside the paper's) and plots of ``ssah bench paper``."""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _cell(values) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f} (n={len(values)})"
+
+
+def table_markdown(runs: list[dict], table: str, paper: dict, bits_all=(12, 24, 48)) -> str:
+    rows = [r for r in runs if r["table"] == table]
+    if not rows:
+        return ""
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    names += [n for (t, n) in paper if t == table and n not in names]
+    bits = [b for b in bits_all if any(r["bits"] == b for r in rows) or
+            any(b in paper.get((table, n), {}) for n in names)]
+    head = "| method | " + " | ".join(f"{b} bits ours | {b} bits paper" for b in bits) + " | training s |"
+    sep = "|---" * (1 + 2 * len(bits) + 1) + "|"
+    lines = [head, sep]
+    for n in names:
+        cells = []
+        for b in bits:
+            ours = [r["map_all"] for r in rows if r["name"] == n and r["bits"] == b]
+            ref = paper.get((table, n), {}).get(b)
+            cells += [_cell(ours), "–" if ref is None else f"{ref:.3f}"]
+        secs = [r["train_seconds"] for r in rows if r["name"] == n]
+        seconds = f"{np.mean(secs):.0f}" if secs else "–"
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {seconds} |")
+    return "\n".join(lines)
+
+
+def budget_line(runs: list[dict], table: str) -> str:
+    rows = [r for r in runs if r["table"] == table and r.get("epochs")]
+    if not rows:
+        return ""
+    epochs = sorted({r["epochs"] for r in rows})
+    backbones = sorted({r["backbone"] for r in rows})
+    sizes = sorted({str(r["image_size"]) for r in rows})
+    devices = sorted({f"{r['device']} ({r['machine']})" for r in rows})
+    quick = " QUICK MODE (tiny subset, pipeline check only)." if any(r.get("quick") for r in rows) else ""
+    return (f"Budget: {', '.join(map(str, epochs))} epochs; backbone {', '.join(backbones)} at "
+            f"{', '.join(sizes)} px; device {'; '.join(devices)}.{quick}")
+
+
+def write_report(results, dataset: str, command: str, paper: dict, titles: dict) -> Path:
+    out = results.out
+    runs = results.runs
+    parts = [f"# Results on {dataset}", "",
+             "mAP over the whole database (mAP@all); `–` is a missing number. "
+             "Every number below comes from this command (runs checkpoint and resume; "
+             "finished runs are skipped):", "", f"```sh\n{command.strip()}\n```", ""]
+    if dataset == "cifar10":
+        parts += ["Data: CIFAR-10 as JPEG (`../shared/data/cifar10-jpg.zip`, a lossy conversion of the "
+                  "official arrays), the paper's protocol: 60,000 images pooled, 100 queries per "
+                  "class, the other 59,000 the database, 500 labeled per class drawn from it, the "
+                  "rest unlabeled. 50 of the 500 labeled per class are held out for validation.", ""]
+    for table, title in titles.items():
+        md = table_markdown(runs, table, paper)
+        if md:
+            parts += [f"## {title}", "", budget_line(runs, table), "", md, ""]
+    analysis = out / "analysis.md"
+    if analysis.is_file():
+        parts += [analysis.read_text(), ""]
+    parts += _plots(results, out)
+    (out / "README.md").write_text("\n".join(parts) + "\n")
+    return out / "README.md"
+
+
+def _plots(results, out: Path) -> list[str]:
+    from .. import plots
+    lines = ["## Plots", ""]
+    by_bits = defaultdict(dict)
+    for r in results.runs:
+        if r["table"] in ("headline", "shallow") and r["seed"] == 0 and r["split_seed"] == 0:
+            by_bits[r["bits"]][r["name"]] = results.curves.get(r["key"])
+    for bits, curves in sorted(by_bits.items()):
+        curves = {k: v for k, v in curves.items() if v}
+        if not curves:
+            continue
+        pr = plots.plot_pr_curves({k: (v["precision"], v["recall"]) for k, v in curves.items()},
+                                  out / f"pr_{bits}b.png", f"Precision-recall, {bits} bits")
+        pn = plots.plot_precision_at_n({k: (v["ns"], v["p_at_n"]) for k, v in curves.items()},
+                                       out / f"p_at_n_{bits}b.png", f"Precision@N, {bits} bits")
+        lines += [f"![PR {bits} bits]({pr.name}) ![P@N {bits} bits]({pn.name})", ""]
+    for r in results.runs:
+        if r["table"] == "headline" and r["name"] == "full" and r["seed"] == 0:
+            run_dir = Path(r["config"]["run_dir"])
+            log = run_dir / "log.jsonl"
+            if log.is_file():
+                png = plots.plot_training_curves(log, out / f"training_full_{r['bits']}b.png",
+                                                 f"Full SSAH training, {r['bits']} bits")
+                lines += [f"![training {r['bits']} bits]({png.name})", ""]
+            grid = generated_grid(run_dir, out / f"generated_{r['bits']}b.png")
+            if grid is not None:
+                lines += [f"Hard images generated by the trained A-Net ({r['bits']} bits): each row is a "
+                          "training image, then its three MARN rotation bands with MSMN masks applied, "
+                          "then the image masks.", "", f"![generated]({grid.name})", ""]
+    return lines
+
+
+def generated_grid(run_dir: Path, path: Path, n_images: int = 6):
+    """Run the trained A-Net of ``run_dir`` on a few labeled training images and plot them."""
+    from .. import plots
+    from ..config import Config
+    from ..train import build_anet, prepare_data
+    from ..train.build import to_tensor
+    from ..train.checkpoint import latest_checkpoint
+    found = latest_checkpoint(run_dir / "checkpoints")
+    if found is None or not found[1].get("anet"):
+        return None
+    state = found[1]
+    cfg = Config.from_dict(state["config"])
+    data = prepare_data(cfg.data, run_dir, progress=False)
+    anet = build_anet(cfg, data.channels)
+    anet.load_state_dict(state["anet"])
+    anet.eval()
+    rows = data.train_labeled[:n_images]
+    x = to_tensor(data.images[rows], torch.device("cpu"), False)
+    with torch.no_grad():
+        gen = anet(x)
+    imgs = gen.images.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    bands = [imgs[i * len(rows):(i + 1) * len(rows)] for i in range(gen.n)]
+    masks = None
+    if gen.image_mask is not None:
+        am, pm = gen.image_mask
+        masks = {"additive tanh(AM)": torch.tanh(am)[:len(rows), 0].numpy(),
+                 "multiplicative sigmoid(PM)": torch.sigmoid(pm)[:len(rows), 0].numpy()}
+    return plots.plot_generated_grid(x.permute(0, 2, 3, 1).numpy(), bands, masks, path,
+                                     f"A-Net generations ({cfg.train.variant}, {cfg.model.bits} bits)")

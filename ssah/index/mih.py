@@ -1,0 +1,223 @@
+"""``mih``: exact sub-linear search by multi-index hashing over the table of distinct codes.
+
+Learned hash codes repeat heavily, so the engine first groups the items by code: ``u``
+distinct codes, each with its items (positions, increasing).  Every distinct code is split
+into ``m`` disjoint substrings and indexed in ``m`` hash tables (Norouzi, Punjani and Fleet,
+"Fast search in Hamming space with multi-index hashing", CVPR 2012).  A code within distance
+``r`` of the query has at least one substring within ``floor(r / m)`` of the query's, so
+probing every table at growing substring radius ``s`` finds, after table ``j`` at radius
+``s``, every code within ``m * s + j``.  A query stops as soon as the k-th nearest *item*
+(codes weighted by their item counts) lies within that certain radius; then every item that
+could belong to the answer has been seen, ties at the k-th distance included, and the answer
+is exactly the brute-force one sorted by (distance, id).  When probing would cost more than
+scanning the distinct codes, the engine scans them instead (still exact).
+
+The tables are rebuilt lazily on the first search after ``add``/``remove`` (O(n log n)).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import SSAHError
+from . import _kernels as K
+from .base import Engine, code_bytes, from_words, to_words
+
+
+def _split(bits: int, m: int):
+    m = max(1, min(m, bits))
+    base, extra = divmod(bits, m)
+    lengths = np.array([base + (1 if j < extra else 0) for j in range(m)], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return starts, lengths
+
+
+class MIHEngine(Engine):
+    """Exact k-NN and range search; results identical to ``flat``.
+
+    Options: ``substrings`` (m, default ``ceil(bits / log2(distinct codes))``, at least
+    ``ceil(bits / 64)``),
+    ``scan_factor`` (probing gives way to a scan of the distinct codes when
+    ``probes * scan_factor`` exceeds their number; default 4).
+    """
+
+    name = "mih"
+
+    def __init__(self, bits: int, substrings: int | None = None, scan_factor: float = 4.0):
+        super().__init__(bits)
+        if substrings is not None and not (1 <= int(substrings) <= bits):
+            raise SSAHError(f"mih substrings must be in [1, {bits}], got {substrings}")
+        if scan_factor <= 0:
+            raise SSAHError(f"mih scan_factor must be > 0, got {scan_factor}")
+        self.substrings = None if substrings is None else int(substrings)
+        self.scan_factor = float(scan_factor)
+        self.W = max(1, (self.bits + 63) // 64)
+        # the distinct-code table; the source of truth for the codes
+        self._uniq = np.zeros((0, self.W), dtype=np.uint64)
+        self._members = np.zeros(0, dtype=np.int64)
+        self._gstart = np.zeros(1, dtype=np.int64)
+        self._n = 0
+        self._pending = []          # appended packed codes not yet in the table
+        self._removed = None        # positions removed since the last build
+        self._tables = None
+
+    # -- updates -------------------------------------------------------------------------------
+    def __len__(self):
+        return self._n
+
+    def add(self, packed, ids=None, metadata=None):
+        if len(packed):
+            self._pending.append(np.ascontiguousarray(packed))
+            self._n += len(packed)
+            self._tables = None
+
+    def remove(self, positions, ids=None):
+        if len(positions):
+            codes = self.codes()
+            keep = np.ones(len(codes), dtype=bool)
+            keep[positions] = False
+            self._set(codes[keep])
+
+    def reset(self, packed, ids=None, metadata=None):
+        self._set(np.ascontiguousarray(packed))
+
+    def _set(self, packed):
+        self._uniq = np.zeros((0, self.W), dtype=np.uint64)
+        self._members = np.zeros(0, dtype=np.int64)
+        self._gstart = np.zeros(1, dtype=np.int64)
+        self._pending = [packed] if len(packed) else []
+        self._n = len(packed)
+        self._tables = None
+
+    def codes(self):
+        out_words = np.zeros((self._n, self.W), dtype=np.uint64)
+        nb = len(self._members)
+        if nb:
+            counts = np.diff(self._gstart)
+            out_words[self._members] = np.repeat(self._uniq, counts, axis=0)
+        packed = from_words(out_words, self.bits)
+        a = nb
+        for chunk in self._pending:
+            packed[a:a + len(chunk)] = chunk
+            a += len(chunk)
+        return packed
+
+    # -- building ------------------------------------------------------------------------------
+    def _build(self):
+        if self._tables is not None:
+            return
+        if self._pending:
+            words = to_words(self.codes())
+            n = len(words)
+            if self.W == 1:
+                order = np.argsort(words[:, 0], kind="stable")
+                sw = words[order, 0]
+                new = np.flatnonzero(sw[1:] != sw[:-1]) + 1 if n else np.zeros(0, np.int64)
+            else:
+                order = np.lexsort(words.T[::-1])
+                sw = words[order]
+                new = np.flatnonzero((sw[1:] != sw[:-1]).any(axis=1)) + 1
+            idx_dtype = np.int32 if n < 2**31 - 1 else np.int64
+            gstart = np.concatenate([[0], new, [n]]).astype(idx_dtype) if n else np.zeros(1, idx_dtype)
+            self._uniq = np.ascontiguousarray(words[order[gstart[:-1]]]) if n else self._uniq
+            self._members = order.astype(idx_dtype)
+            self._gstart = gstart
+            self._pending = []
+        u = len(self._uniq)
+        m = self.substrings or max(1, math.ceil(self.bits / math.log2(max(u, 2))))
+        m = max(m, -(-self.bits // 64))          # a substring is at most 64 bits
+        starts, lengths = _split(self.bits, m)
+        m = len(lengths)
+        subs = K.substrings(self._uniq, starts, lengths) if u else np.zeros((0, m), np.uint64)
+        maxlen = int(lengths.max())
+        direct = maxlen <= 24 and (1 << maxlen) <= 8 * u + 65536
+        tdtype = np.uint32 if u < 2**32 else np.int64
+        tab = np.empty(m * u, dtype=tdtype)
+        tab_base = np.arange(m, dtype=np.int64) * u
+        if direct:
+            sizes = [(1 << int(L)) + 1 for L in lengths]
+            off_base = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+            offsets = np.empty(int(sum(sizes)), dtype=tdtype)
+            skeys = np.zeros(1, dtype=np.uint64)
+        else:
+            off_base = np.zeros(m, dtype=np.int64)
+            offsets = np.zeros(2, dtype=tdtype)
+            skeys = np.empty(m * u, dtype=np.uint64)
+        for j in range(m):
+            col = subs[:, j]
+            order = np.argsort(col, kind="stable")
+            tab[j * u:(j + 1) * u] = order
+            if direct:
+                L = int(lengths[j])
+                cnt = np.bincount(col.astype(np.int64), minlength=1 << L)
+                off = offsets[off_base[j]:off_base[j] + (1 << L) + 1]
+                off[0] = 0
+                np.cumsum(cnt, out=off[1:])
+            else:
+                skeys[j * u:(j + 1) * u] = col[order]
+        self._tables = dict(starts=starts, lengths=lengths, direct=direct, offsets=offsets,
+                            off_base=off_base, skeys=skeys, tab_base=tab_base, tab=tab)
+
+    # -- search --------------------------------------------------------------------------------
+    def _query_words(self, q_packed):
+        qw = to_words(q_packed)
+        t = self._tables
+        qs = K.substrings(qw, t["starts"], t["lengths"])
+        return qw, qs
+
+    def search(self, q_packed, k, **kwargs):
+        self._build()
+        m = len(q_packed)
+        if self._n == 0 or m == 0:
+            return (np.full((m, k), -1, np.int32), np.full((m, k), -1, np.int64))
+        t = self._tables
+        qw, qs = self._query_words(q_packed)
+        nchunks = max(1, min(m, 4 * K.get_num_threads()))
+        with K.KERNEL_LOCK:
+            return K.mih_knn(qw, qs, self._uniq, self._members, self._gstart,
+                             t["starts"], t["lengths"], t["direct"], t["offsets"], t["off_base"],
+                             t["skeys"], t["tab_base"], t["tab"], self.bits, int(k),
+                             self._n + 1, self.scan_factor, nchunks)
+
+    def range_search(self, q_packed, radius, **kwargs):
+        self._build()
+        m = len(q_packed)
+        if self._n == 0:
+            return [(np.zeros(0, np.int32), np.zeros(0, np.int64)) for _ in range(m)]
+        t = self._tables
+        qw, qs = self._query_words(q_packed)
+        u = len(self._uniq)
+        visited = np.zeros(u, np.uint32)
+        cand_u = np.empty(u, np.int64)
+        cand_d = np.empty(u, np.int32)
+        hist = np.zeros(self.bits + 1, np.int64)
+        out = []
+        radius = min(int(radius), self.bits)
+        for i in range(m):
+            out.append(K.mih_range(qw[i], qs[i], self._uniq, self._members,
+                                   self._gstart, t["starts"], t["lengths"], t["direct"],
+                                   t["offsets"], t["off_base"], t["skeys"], t["tab_base"],
+                                   t["tab"], self.bits, radius, self._n + 1, self.scan_factor,
+                                   visited, np.uint32(i + 1), cand_u, cand_d, hist))
+        return out
+
+    # -- facts ---------------------------------------------------------------------------------
+    def memory_bytes(self):
+        total = self._uniq.nbytes + self._members.nbytes + self._gstart.nbytes
+        total += sum(c.nbytes for c in self._pending)
+        if self._tables is not None:
+            t = self._tables
+            total += t["tab"].nbytes + t["offsets"].nbytes + t["skeys"].nbytes
+        return int(total)
+
+    def options(self):
+        return {"substrings": self.substrings, "scan_factor": self.scan_factor}
+
+    def stats(self):
+        self._build()
+        t = self._tables
+        return {"distinct_codes": int(len(self._uniq)),
+                "substrings": int(len(t["lengths"])),
+                "substring_bits": [int(x) for x in t["lengths"]],
+                "tables": "direct" if t["direct"] else "sorted"}

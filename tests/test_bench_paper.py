@@ -1,0 +1,64 @@
+"""``ssah bench paper --quick``: the whole pipeline on a small subset, resumable and skipping."""
+import json
+from pathlib import Path
+
+import pytest
+
+from ssah.bench.paper import PAPER, plan
+from ssah.bench.report import table_markdown
+from ssah.cli import main
+
+SHARED_ZIP = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpg.zip"
+
+
+def test_plan_covers_the_papers_tables():
+    specs = plan(["headline", "shallow", "table4", "table5", "table6", "table3"], [12, 24, 48], [0],
+                 ablation_epochs=5, quick=False, n_unseen_splits=5)
+    keys = {(s.table, s.name, s.bits) for s in specs}
+    assert {("headline", "full", b) for b in (12, 24, 48)} <= keys
+    assert len([s for s in specs if s.table == "table4"]) == 9 * 3
+    assert len([s for s in specs if s.table == "table5"]) == 7            # 12 bits only
+    assert len([s for s in specs if s.table == "table6"]) == 3 * 2 * 2    # 3 omegas x paced x {12, 48}
+    assert len([s for s in specs if s.table == "table3" and s.name == "full"]) == 5 * 3
+    assert all("train.epochs=5" in s.overrides for s in specs if s.table in ("table4", "table5", "table6"))
+    assert not any("train.epochs=5" in s.overrides for s in specs if s.table == "headline")
+    assert len({s.slug for s in specs}) == len(specs)
+
+
+def test_report_shows_missing_numbers_as_missing():
+    runs = [{"table": "headline", "name": "full", "bits": 12, "map_all": 0.5, "train_seconds": 10}]
+    md = table_markdown(runs, "headline", PAPER)
+    assert "| full | 0.500 | 0.862 | – | 0.878 | – | 0.886 | 10 |" in md
+    assert "| baseline | – | 0.751 | – | – | – | 0.792 | – |" in md
+
+
+def run_quick(tmp_path, dataset, *extra):
+    argv = ["bench", "paper", "--quick", "--dataset", dataset, "--tables", "headline,shallow",
+            "--out", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"), "--quiet", *extra]
+    assert main(argv) == 0
+    return json.loads((tmp_path / "results" / "results.json").read_text())["runs"]
+
+
+def test_quick_pipeline_on_digits_writes_results_and_skips_finished_runs(tmp_path, capsys):
+    runs = run_quick(tmp_path, "digits")
+    assert {r["name"] for r in runs} == {"full", "baseline", "lsh", "pca-itq", "itq-cca"}
+    for r in runs:
+        for key in ("variant", "backbone", "bits", "seed", "map_all", "map_at_5000", "train_seconds",
+                    "device", "machine", "commit", "config"):
+            assert key in r
+        assert 0 <= r["map_all"] <= 1
+    out = tmp_path / "results"
+    for name in ("README.md", "pr_12b.png", "p_at_n_12b.png", "training_full_12b.png", "generated_12b.png"):
+        assert (out / name).is_file(), name
+    capsys.readouterr()
+    again = run_quick(tmp_path, "digits")
+    assert "done, skipped" in capsys.readouterr().out
+    assert [r["wall_seconds"] for r in again] == [r["wall_seconds"] for r in runs]
+
+
+@pytest.mark.shared
+@pytest.mark.skipif(not SHARED_ZIP.is_file(), reason="../shared/data/cifar10-jpg.zip is absent")
+def test_quick_pipeline_on_cifar10(tmp_path):
+    runs = run_quick(tmp_path, "cifar10", "--data-path", str(SHARED_ZIP), "--set", "data.image_size=32",
+                     f"data.cache_dir={tmp_path / 'cache'}")
+    assert {r["name"] for r in runs} >= {"full", "baseline"}
