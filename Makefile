@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean fashion-mnist
 
 install: $(STAMP)
 
@@ -25,3 +25,7 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Fashion-MNIST for `ssah bench paper --dataset fashion-mnist` (Debian package, needs root).
+fashion-mnist:
+	apt-get update && apt-get install -y dataset-fashion-mnist

@@ -105,3 +105,28 @@ def test_bench_metrics_and_encode_run(capsys):
                  "--batch-size", "32", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "encode / backbone" in out
+
+
+def test_index_build_and_search_by_id_code_and_image(trained, capsys):
+    codes = trained / "codes.npz"
+    if not codes.exists():
+        assert main(["encode", "--checkpoint", str(trained / "run"), "--out", str(codes), "--quiet",
+                     "--cache-dir", str(trained / "cache")]) == 0
+    idx = trained / "idx"
+    assert main(["index", "build", "--codes", str(codes), "--out", str(idx)]) == 0
+    capsys.readouterr()
+    assert main(["search", "--index", str(idx), "--id", "5", "-k", "3", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)["results"]
+    assert res[0]["distance"] == 0 and len(res) == 3
+    from sklearn.datasets import load_digits
+    from PIL import Image
+    img = (load_digits().images[5] * 255 / 16).astype(np.uint8)
+    path = trained / "q.png"
+    Image.fromarray(img).save(path)
+    assert main(["search", "--index", str(idx), "--image", str(path), "--checkpoint",
+                 str(trained / "run"), "-k", "5", "--json"]) == 0
+    by_image = json.loads(capsys.readouterr().out)["results"]
+    assert len(by_image) == 5 and by_image[0]["distance"] == 0   # its own code is in the index
+    assert main(["search", "--index", str(idx), "--image", str(trained / "nope.png"),
+                 "--checkpoint", str(trained / "run")]) == 2
+    assert "nope.png" in capsys.readouterr().err

@@ -132,7 +132,7 @@ def test_mih_wide_codes_and_table_layouts(bits):
         want = brute_force_range(pack_codes(q[:1]), pack_codes(db), 6)[0]
         np.testing.assert_array_equal(d, want[0])
         np.testing.assert_array_equal(i, want[1])
-    assert index.stats()["engine_stats"]["substrings"] == 1 or True
+    assert index.stats()["engine_stats"]["distinct_codes"] <= len(db)
 
 
 def test_mih_uniform_codes_and_single_query():

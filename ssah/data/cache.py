@@ -80,7 +80,7 @@ def cache_paths(ds: ImageDataset, size: int | None, cache_dir, channels: int = 3
     return stem + ".npy", stem + ".json", fields
 
 
-def _prepare(img, name: str, size: int | None, channels: int) -> np.ndarray:
+def prepare_image(img, name: str, size: int | None, channels: int) -> np.ndarray:
     """One decoded image as a ``(H, W, channels)`` uint8 array, resized to size x size."""
     if isinstance(img, np.ndarray):
         a = img
@@ -169,7 +169,7 @@ def build_cache(ds: ImageDataset, size: int | None, cache_dir, channels: int = 3
         return str(ds.ids[i])
 
     def decode(i):
-        return _prepare(ds.image(i), name(i), size, channels)
+        return prepare_image(ds.image(i), name(i), size, channels)
 
     skipped: list[dict] = []
     t0 = time.perf_counter()
@@ -180,7 +180,7 @@ def build_cache(ds: ImageDataset, size: int | None, cache_dir, channels: int = 3
     for i in range(n):
         try:
             raw = ds.image(i)
-            first = _prepare(raw, name(i), size, channels)
+            first = prepare_image(raw, name(i), size, channels)
             break
         except DataError as e:
             if not skip_bad:

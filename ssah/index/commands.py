@@ -338,7 +338,19 @@ def register(subparsers) -> None:
     q.add_argument("--engine", choices=ENGINE_CHOICES,
                    help="search with another engine than the saved one (e.g. mih)")
     q.add_argument("--json", action="store_true", help="machine-readable output")
-    q.set_defaults(func=search_command)
+    q.add_argument("--image", help="query with this image file (needs --checkpoint)")
+    q.add_argument("--checkpoint", help="the model that encodes --image (file or run directory)")
+    q.add_argument("--device", default="auto")
+    q.set_defaults(func=_search_with_model)
+
+
+def _search_with_model(args) -> int:
+    """``ssah search``; with ``--checkpoint``, ``--image`` is encoded by that H-Net."""
+    encode = None
+    if args.checkpoint:
+        from ..train.encode import image_encoder
+        encode = image_encoder(args.checkpoint, args.device)
+    return search_command(args, encode_image=encode)
 
 
 def build_parser() -> argparse.ArgumentParser:

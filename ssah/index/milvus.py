@@ -221,11 +221,15 @@ class MilvusEngine(Engine):
         self._ids = self._ids[keep]
 
     def reset(self, packed, ids=None, metadata=None):
-        self._schema_ready = False
+        if self._schema_ready and self._field_kinds(metadata) == self._fields:
+            # same schema: empty the collection in place (no drop and re-create)
+            self._client.delete(self.collection, filter="id >= 0")
+        else:
+            self._schema_ready = False
+            if self._client.has_collection(self.collection):
+                self._client.drop_collection(self.collection)
         self._store = ArrayStore(self.nbytes_code)
         self._ids = np.zeros(0, dtype=np.int64)
-        if self._client.has_collection(self.collection):
-            self._client.drop_collection(self.collection)
         self.add(packed, ids=ids, metadata=metadata)
 
     def codes(self):

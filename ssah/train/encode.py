@@ -46,3 +46,18 @@ def retrieval_report(query_codes, query_labels, db_codes, db_labels, top_k=(5000
     report["n_queries"] = int(len(query_codes))
     report["n_database"] = int(len(db_codes))
     return report
+
+
+def image_encoder(checkpoint, device: str = "auto"):
+    """``encode(path) -> (bits,) int8`` for single image files, preprocessed like training data."""
+    from ..data import decode_image, prepare_image
+    from . import load_model
+    hnet, cfg, path, state = load_model(checkpoint, device)
+    dev = next(hnet.parameters()).device
+    size, channels = state["input_size"], state["in_channels"]
+
+    def encode(image_path) -> np.ndarray:
+        img = decode_image(image_path, str(image_path), mode="RGB" if channels == 3 else "L")
+        a = prepare_image(img, str(image_path), size, channels)
+        return encode_images(hnet, a[None], dev, channels_last=False)[0]
+    return encode
