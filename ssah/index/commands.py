@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -114,9 +115,15 @@ def engine_options(args) -> dict:
     return opts
 
 
-def _load(path, **kwargs):
+@contextmanager
+def _opened(path, **kwargs):
+    """A loaded index, closed (its Milvus connection released) whatever happens."""
     from .hamming import HammingIndex
-    return HammingIndex.load(path, **kwargs)
+    index = HammingIndex.load(path, **kwargs)
+    try:
+        yield index
+    finally:
+        index.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,35 +148,26 @@ def build_command(args) -> int:
 
 
 def add_command(args) -> int:
-    index = _load(args.index)
-    try:
+    with _opened(args.index) as index:
         n = add_shards(index, read_shards(args.codes))
         target = index.save(args.index)
         total = len(index)
-    finally:
-        index.close()
     print(f"added {n} codes ({total} in all) -> {target}")
     return 0
 
 
 def remove_command(args) -> int:
-    index = _load(args.index)
-    try:
+    with _opened(args.index) as index:
         n = index.remove(args.ids, missing="ignore" if args.ignore_missing else "error")
         target = index.save(args.index)
         total = len(index)
-    finally:
-        index.close()
     print(f"removed {n} items ({total} left) -> {target}")
     return 0
 
 
 def stats_command(args) -> int:
-    index = _load(args.index)
-    try:
+    with _opened(args.index) as index:
         stats = index.stats()
-    finally:
-        index.close()
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
@@ -243,8 +241,7 @@ def search_command(args, encode_image=None) -> int:
     opts = {}
     if getattr(args, "engine", None):
         opts["engine"] = args.engine
-    index = _load(args.index, **opts)
-    try:
+    with _opened(args.index, **opts) as index:
         image = getattr(args, "image", None)
         sources = sum(x is not None for x in (args.id, args.code, image))
         if sources != 1:
@@ -280,8 +277,6 @@ def search_command(args, encode_image=None) -> int:
                               "engine": index.engine, "results": rows}, indent=2))
         else:
             print_table(rows)
-    finally:
-        index.close()
     return 0
 
 

@@ -123,13 +123,7 @@ class FlatEngine(Engine):
         with faiss_threads(m * len(self)):
             lims, D, I = self._index.range_search(pad_bytes(q_packed, self.width),
                                                   int(radius) + 1)
-        out = []
-        for i in range(m):
-            d = D[lims[i]:lims[i + 1]]
-            p = I[lims[i]:lims[i + 1]]
-            order = np.lexsort((p, d))
-            out.append((d[order].astype(np.int32), p[order].astype(np.int64)))
-        return out
+        return sorted_range_results(lims, D, I)
 
     def memory_bytes(self):
         return len(self) * self.width
@@ -139,3 +133,14 @@ class FlatEngine(Engine):
 
     def stats(self):
         return {"stored_bits": self.width * 8}
+
+
+def sorted_range_results(lims, D, I) -> list:
+    """Split FAISS range-search output per query, each sorted by (distance, position)."""
+    out = []
+    for i in range(len(lims) - 1):
+        d = D[lims[i]:lims[i + 1]]
+        p = I[lims[i]:lims[i + 1]]
+        order = np.lexsort((p, d))
+        out.append((d[order].astype(np.int32), p[order].astype(np.int64)))
+    return out

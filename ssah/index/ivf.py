@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import SSAHError
 from .base import Engine, pad_bytes
-from .flat import faiss_threads, padded_bytes
+from .flat import faiss_threads, padded_bytes, sorted_range_results
 
 TRAIN_SAMPLE = 100_000
 
@@ -127,13 +127,7 @@ class IVFEngine(Engine):
         with faiss_threads(work):
             lims, D, I = self._index.range_search(pad_bytes(q_packed, self.width),
                                                   int(radius) + 1)
-        out = []
-        for i in range(m):
-            d = D[lims[i]:lims[i + 1]]
-            p = I[lims[i]:lims[i + 1]]
-            order = np.lexsort((p, d))
-            out.append((d[order].astype(np.int32), p[order].astype(np.int64)))
-        return out
+        return sorted_range_results(lims, D, I)
 
     def memory_bytes(self):
         if self._index is None:
