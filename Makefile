@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean fashion-mnist
+.PHONY: demo test install clean fashion-mnist chromium
 
 install: $(STAMP)
 
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/ssah demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -q -p no:cacheprovider
 
 clean:
@@ -29,3 +29,10 @@ clean:
 # Fashion-MNIST for `ssah bench paper --dataset fashion-mnist` (Debian package, needs root).
 fashion-mnist:
 	apt-get update && apt-get install -y dataset-fashion-mnist
+
+# Debian's chromium for the browser test (tests/test_browser.py drives it with Playwright's
+# Python package; `playwright install` is never needed). Non-fatal: without it the test skips.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  (apt-get update && apt-get install -y --no-install-recommends chromium) || \
+	  echo "chromium could not be installed; the browser test will be skipped"

@@ -63,7 +63,8 @@ def _slug(source: str) -> str:
 
 def cache_fields(ds: ImageDataset, size: int | None, channels: int) -> dict:
     """The fields whose hash names the cache file."""
-    ids_sha = hashlib.sha256("\n".join(ds.ids.tolist()).encode()).hexdigest()
+    # surrogateescape: file names that are not valid UTF-8 hash as their original bytes
+    ids_sha = hashlib.sha256("\n".join(ds.ids.tolist()).encode("utf-8", "surrogateescape")).hexdigest()
     checksum = ds.checksum
     if checksum is None:  # a dataset built by hand: identify it by its ids and labels
         checksum = "labels:" + hashlib.sha256(np.ascontiguousarray(ds.labels).tobytes()).hexdigest()

@@ -77,6 +77,8 @@ def decode_image(data, name: str, mode: str = "RGB",
         except OSError as e:
             raise DataError(f"cannot read image {name}: {e.strerror or e}") from None
     if isinstance(data, (bytes, bytearray, memoryview)):
+        if len(data) == 0:
+            raise DataError(f"cannot decode image {name}: the file is empty (0 bytes)")
         data = io.BytesIO(data)
     try:
         img = Image.open(data)
@@ -91,6 +93,8 @@ def decode_image(data, name: str, mode: str = "RGB",
         raise
     except Image.DecompressionBombError as e:
         raise DataError(f"image {name} rejected as a decompression bomb: {e}") from None
+    except UnidentifiedImageError:
+        raise DataError(f"cannot decode image {name}: not a recognised image format") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError,
             TypeError, KeyError, MemoryError) as e:
         raise DataError(f"cannot decode image {name}: {type(e).__name__}: {e}") from None

@@ -32,7 +32,7 @@ DOGS_LAYOUT = """\
 def _read_table(path: str, ncols: int) -> list[tuple[int, list[str], int]]:
     """``(first column as int, the other columns, line number)`` per non-blank line."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:   # any file name
             lines = f.read().splitlines()
     except FileNotFoundError:
         raise DataError(f"CUB-200-2011 file not found: {path}\n"

@@ -210,9 +210,8 @@ def load_list_file(list_path, root=None, *, skip_bad: bool = False,
     root = require_path("image root of list file", root, LIST_LAYOUT)
     try:
         with open(list_path, "rb") as f:
-            text = f.read().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{list_path}: not a UTF-8 text file ({e})") from None
+            # paths that are not valid UTF-8 keep their bytes (as the file system names them)
+            text = f.read().decode("utf-8", "surrogateescape")
     except OSError as e:
         raise DataError(f"cannot read list file {list_path}: {e.strerror or e}") from None
     paths, labels, linenos = _parse_list(text, list_path)

@@ -68,12 +68,12 @@ def tree_checksum(stats: Iterable[tuple[str, int, int]]) -> str:
     """A hash of the sorted ``(relpath, size, mtime_ns)`` list of a tree of files."""
     h = hashlib.sha256()
     for rel, size, mtime in sorted(stats):
-        h.update(f"{rel}\0{size}\0{mtime}\n".encode())
+        h.update(f"{rel}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))   # any file name
     return h.hexdigest()
 
 
 def combine_checksums(*parts: str) -> str:
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def bytes_checksum(*arrays) -> str:

@@ -28,7 +28,7 @@ def read_codes_file(path) -> dict:
     if not p.is_file():
         raise DataError(f"{p}: codes file not found")
     try:
-        with np.load(p, allow_pickle=False) as z:
+        with open(p, "rb") as f, np.load(f, allow_pickle=False) as z:   # closed on errors too
             data = {k: z[k] for k in z.files}
     except Exception as e:  # zipfile / format errors
         raise DataError(f"{p}: not a readable codes .npz ({e})") from None
@@ -61,8 +61,18 @@ def read_codes_file(path) -> dict:
             vals = np.asarray(data[key])
             if vals.shape != (n,):
                 raise DataError(f"{p}: {key!r} {vals.shape} does not match {n} codes")
-            meta[col] = vals.astype(str)
+            meta[col] = np.asarray([_valid_text(v) for v in vals.astype(str).tolist()], dtype=str)
     return {"packed": packed, "bits": bits, "ids": ids, "metadata": meta, "path": str(p)}
+
+
+def _valid_text(s: str) -> str:
+    """A file name that is not valid UTF-8 (undecodable bytes kept as surrogates, as Python
+    reads such names) gets ``\\xNN`` escapes: index strings must be valid Unicode."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def read_shards(paths) -> list[dict]:
@@ -241,6 +251,10 @@ def search_command(args, encode_image=None) -> int:
     opts = {}
     if getattr(args, "engine", None):
         opts["engine"] = args.engine
+    if args.k is not None and args.k < 1:
+        raise SSAHError(f"-k must be at least 1, got {args.k}")
+    if args.radius is not None and args.radius < 0:
+        raise SSAHError(f"--radius must be 0 or more, got {args.radius}")
     with _opened(args.index, **opts) as index:
         image = getattr(args, "image", None)
         sources = sum(x is not None for x in (args.id, args.code, image))

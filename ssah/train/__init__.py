@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config
+from . import distributed
 from .build import build_anet, build_hnet, prepare_data, resolve_device
 from .checkpoint import resolve_checkpoint
 from .encode import encode_images, retrieval_report
@@ -16,17 +17,38 @@ __all__ = ["train", "load_model", "evaluate_checkpoint", "Trainer", "encode_imag
 
 
 def train(cfg: Config, resume: bool = False) -> Trainer:
-    """Build data, H-Net and A-Net from ``cfg`` and run Algorithm 1; returns the trainer."""
+    """Build data, H-Net and A-Net from ``cfg`` and run Algorithm 1; returns the trainer.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) this process joins the process group (gloo on
+    CPU, NCCL on CUDA) and trains its share of every batch; see :mod:`.distributed`.
+    """
     t = cfg.train
-    torch.manual_seed(t.seed)
-    if t.num_threads:
-        torch.set_num_threads(t.num_threads)
     device = resolve_device(t.device)
-    data = prepare_data(cfg.data, cfg.run_dir, progress=not t.quiet)
-    hnet = build_hnet(cfg.model, data.channels)
-    anet = build_anet(cfg, data.channels)
-    trainer = Trainer(cfg, hnet, anet, data, cfg.run_dir, device)
-    trainer.fit(resume=resume)
+    info, device = distributed.setup(device)
+    try:
+        torch.manual_seed(t.seed)
+        if t.num_threads:
+            torch.set_num_threads(t.num_threads)
+        if info.world_size > 1:
+            # rank 0 decodes the cache and makes (or reloads) the split; the others then read
+            # the cache and take rank 0's split
+            data = None
+
+            def first():
+                nonlocal data
+                data = prepare_data(cfg.data, cfg.run_dir, progress=not t.quiet)
+                return data.split
+            split = distributed.on_main(first)
+            if data is None:
+                data = prepare_data(cfg.data, None, progress=False, split=split)
+        else:
+            data = prepare_data(cfg.data, cfg.run_dir, progress=not t.quiet)
+        hnet = build_hnet(cfg.model, data.channels)
+        anet = build_anet(cfg, data.channels)
+        trainer = Trainer(cfg, hnet, anet, data, cfg.run_dir, device)
+        trainer.fit(resume=resume)
+    finally:
+        distributed.teardown(info)
     return trainer
 
 

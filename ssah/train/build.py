@@ -76,11 +76,17 @@ def make_split(cfg: DataConfig, labels: np.ndarray, splits) -> Split:
     raise ConfigError(f"data.protocol={cfg.protocol!r}: use standard, fine-grained or unseen")
 
 
-def prepare_data(cfg: DataConfig, run_dir: str | Path | None = None, progress: bool = True) -> RunData:
-    """Load images, make (or reload) the protocol split and carve the validation set."""
+def prepare_data(cfg: DataConfig, run_dir: str | Path | None = None, progress: bool = True,
+                 split: Split | None = None) -> RunData:
+    """Load images, make (or reload) the protocol split and carve the validation set.
+
+    ``split`` (e.g. rank 0's split, sent to the other ranks) is used as given when passed.
+    """
     images, labels, ids, splits = load_images(cfg, progress)
     split_path = Path(run_dir) / "split.json" if run_dir is not None else None
-    if split_path is not None and split_path.is_file():
+    if split is not None:
+        split.check(len(labels))
+    elif split_path is not None and split_path.is_file():
         split = Split.load(split_path)
         split.check(len(labels))
     else:

@@ -1,6 +1,14 @@
-"""Atomic checkpoints: write to a temp file, fsync, rename; keep the last N; skip corrupt ones."""
+"""Atomic, checksummed checkpoints: write to a temp file, fsync, rename; keep the last N;
+skip corrupt ones.
+
+Each checkpoint holds ``sha256``, a digest of everything else in it (tensor bytes, dtypes,
+shapes and every other value). ``torch.load`` notices a truncated file, but a flipped byte
+inside tensor data loads silently; the digest catches that. Checkpoints written before the
+digest existed load without the check.
+"""
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import warnings
@@ -11,26 +19,90 @@ import torch
 from ..errors import CheckpointError
 
 FORMAT = 1
+TEMP_PREFIX = ".tmp-"
+
+
+def state_digest(state: dict) -> str:
+    """SHA-256 over a checkpoint's contents (keys sorted; tensors by dtype, shape and bytes)."""
+    h = hashlib.sha256()
+    _update(h, {k: v for k, v in state.items() if k != "sha256"})
+    return h.hexdigest()
+
+
+def _update(h, obj) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}:".encode())
+        for k in sorted(obj, key=lambda k: (type(k).__name__, str(k))):
+            h.update(f"K{type(k).__name__}:{k!s}".encode("utf-8", "surrogateescape"))
+            _update(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}:".encode())
+        for v in obj:
+            _update(h, v)
+    else:
+        h.update(f"V{type(obj).__name__}:{obj!r}".encode("utf-8", "surrogateescape"))
 
 
 def save_checkpoint(state: dict, directory: str | Path, global_step: int, keep: int = 3) -> Path:
-    """Write ``ckpt-<step>.pt`` atomically; a failed write never replaces a good file."""
+    """Write ``ckpt-<step>.pt`` atomically; a failed write never replaces a good file.
+
+    The state goes to a temp file in the same folder, which is flushed and fsynced, then
+    renamed over the target. Any failure (a full disk, an I/O error, an interrupt) removes
+    the temp file, leaves the earlier checkpoints as they were and raises CheckpointError.
+    """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"ckpt-{global_step:09d}.pt"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pt")
+    state = {"format": FORMAT, **state}
+    state["sha256"] = state_digest(state)
+    tmp = None
     try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=".pt")
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
+            torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp = None
+        _fsync_dir(directory)
+    except (OSError, RuntimeError) as e:   # torch's zip writer reports a full disk as RuntimeError
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise CheckpointError(f"cannot write checkpoint {path}: {why}; the previous "
+                              f"checkpoints are unchanged") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+    """Delete temp files left in ``directory`` by a writer that was killed mid-write."""
+    directory = Path(directory)
+    stale = sorted(directory.glob(f"{TEMP_PREFIX}*.pt")) if directory.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:
@@ -39,7 +111,8 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Load one checkpoint safely (``weights_only=True``); a bad file gets a CheckpointError."""
+    """Load one checkpoint safely (``weights_only=True``) and check its digest; a bad file
+    gets a CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -49,6 +122,9 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "hnet" not in state:
         raise CheckpointError(f"{path} is not an ssah checkpoint (format {FORMAT})")
+    if "sha256" in state and state_digest(state) != state["sha256"]:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its contents do not match the "
+                              f"checksum written with it")
     return state
 
 

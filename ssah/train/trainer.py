@@ -23,11 +23,12 @@ from tqdm import tqdm
 
 from .. import __version__, metrics
 from ..config import Config, save_config
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..losses import (adversarial_loss, consistency_loss, quantization_loss, semantic_loss,
                       similarity_matrix)
+from . import distributed as ddp
 from .build import RunData, to_tensor
-from .checkpoint import latest_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, remove_stale_temp_files, save_checkpoint
 from .encode import encode_images
 from .schedules import lr_factor, omega_at
 
@@ -41,19 +42,30 @@ class StepPlan:
 
 
 class Trainer:
-    """Trains ``hnet`` (and ``anet`` when it has parameters) on ``data`` as ``cfg`` says."""
+    """Trains ``hnet`` (and ``anet`` when it has parameters) on ``data`` as ``cfg`` says.
+
+    Under ``torchrun`` (a process group is initialised) each rank trains on its slice of
+    every global batch and the losses see the whole batch; see :mod:`ssah.train.distributed`.
+    """
 
     def __init__(self, cfg: Config, hnet, anet, data: RunData, run_dir: str | Path,
                  device: torch.device):
         self.cfg, self.hnet, self.anet, self.data = cfg, hnet, anet, data
         self.run_dir = Path(run_dir)
         self.device = device
+        self.rank, self.world = ddp.rank(), ddp.world_size()
+        self.is_main = self.rank == 0
         t = cfg.train
         self.channels_last = t.channels_last and device.type == "cpu"
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.hnet.to(device, memory_format=fmt)
         if self.anet is not None:
             self.anet.to(device)
+        if self.world > 1:
+            for net in (self.hnet, self.anet):
+                if net is not None:
+                    ddp.use_global_batchnorm(net)   # statistics of the global batch
+                    ddp.broadcast_module(net)       # every rank starts from rank 0's weights
         head = list(hnet.hash_layer.parameters())
         head_ids = {id(p) for p in head}
         body = [p for p in hnet.parameters() if id(p) not in head_ids]
@@ -75,6 +87,12 @@ class Trainer:
         self.batch_size = min(t.batch_size, n_lab)
         self.steps_per_epoch = t.steps_per_epoch or max(1, math.ceil(n_lab / self.batch_size))
         self.total_steps = self.steps_per_epoch * t.epochs
+        if self.world > 1:
+            bu = min(t.unlabeled_batch_size, len(data.split.unlabeled)) if self.use_unlabeled else None
+            for name, size in (("train.batch_size", self.batch_size), ("train.unlabeled_batch_size", bu)):
+                if size is not None and size < self.world:
+                    raise ConfigError(f"{name}={size} is smaller than the {self.world} processes: every "
+                                      f"rank needs at least one item of each global batch")
         self.epoch = 0
         self.step_in_epoch = 0
         self.global_step = 0
@@ -139,23 +157,33 @@ class Trainer:
         mu = self.hnet(gen.images, edit=gen.edit)
         return mu.view(gen.n, batch, -1)
 
-    def anet_step(self, x, S, omega) -> dict:
-        """Eq 11 with the H-Net fixed: alpha l_sp + lambda1 l_sem + beta l_quan on generated images."""
+    @staticmethod
+    def _gather(t, sizes, dim: int = 0):
+        """All ranks' rows of ``t`` (the global batch, in plan order); ``t`` itself in one process."""
+        return t if sizes is None else ddp.gather_rows(t, sizes, dim)
+
+    def anet_step(self, x, S, omega, sizes=None) -> dict:
+        """Eq 11 with the H-Net fixed: alpha l_sp + lambda1 l_sem + beta l_quan on generated images.
+
+        ``x`` is this rank's slice of the batch and ``sizes`` the slice sizes of all ranks
+        (None in one process); ``S`` covers the global batch.
+        """
         L, terms = self.cfg.loss, self.cfg.loss.anet_losses
         self.hnet.eval()
         self.hnet.requires_grad_(False)
         self.anet.train()
         try:
             with torch.no_grad():
-                u = self.hnet(x)
+                u = self._gather(self.hnet(x), sizes)
             gen = self.anet(x)
-            u_gen = self._codes_of_generation(gen, len(x))
+            u_gen = self._gather(self._codes_of_generation(gen, len(x)), sizes, dim=1)
             l_sp = self.sp_term(u, u_gen, S, omega, terms)
             l_sem = self.semantic_term(u, u_gen, S, include_xx=False) if "sem" in terms else u.new_zeros(())
             l_quan = torch.stack([quantization_loss(g) for g in u_gen]).mean()
             loss = L.alpha * l_sp + L.lambda1 * l_sem + L.beta * l_quan
             self.opt_a.zero_grad(set_to_none=True)
             loss.backward()
+            ddp.average_gradients(self.anet.parameters())
             self.opt_a.step()
         finally:
             self.hnet.requires_grad_(True)
@@ -163,12 +191,18 @@ class Trainer:
         return {"a_loss": loss.item(), "a_sp": l_sp.item(), "a_sem": l_sem.item(), "a_quan": l_quan.item(),
                 **self._generation_stats(gen)}
 
-    def hnet_step(self, x, xu, S, omega) -> dict:
-        """Eq 12: lambda1 l_sem + lambda2 l_con + beta l_quan, on originals and generated images."""
+    def hnet_step(self, x, xu, S, omega, sizes=None, sizes_u=None) -> dict:
+        """Eq 12: lambda1 l_sem + lambda2 l_con + beta l_quan, on originals and generated images.
+
+        ``x``, ``xu`` are this rank's slices of the labeled and unlabeled batches, ``sizes``,
+        ``sizes_u`` the slice sizes of all ranks (None in one process): the codes of every
+        rank are gathered so that the loss is the single-process loss of the global batch.
+        """
         L, terms = self.cfg.loss, self.cfg.loss.hnet_losses
         self.hnet.train()
-        x_all = torch.cat([x, xu]) if xu is not None and len(xu) else x
-        n_lab, n_all = len(x), len(x_all)
+        has_u = xu is not None and len(xu) > 0
+        x_all = torch.cat([x, xu]) if has_u else x
+        n_loc, n_all_loc = len(x), len(x_all)
         out = {}
         u_gen_all = None
         if self.anet is None:
@@ -179,7 +213,15 @@ class Trainer:
                 gen = self.anet(x_all)
             u_all = self.hnet(x_all)
             with frozen_bn_stats(self.hnet):   # measured: mixing generated statistics hurts
-                u_gen_all = self._codes_of_generation(gen, n_all)
+                u_gen_all = self._codes_of_generation(gen, n_all_loc)
+        if sizes is not None:   # [labeled of all ranks | unlabeled of all ranks], as in one process
+            u_all = torch.cat([self._gather(u_all[:n_loc], sizes)]
+                              + ([self._gather(u_all[n_loc:], sizes_u)] if has_u else []))
+            if u_gen_all is not None:
+                u_gen_all = torch.cat([self._gather(u_gen_all[:, :n_loc], sizes, dim=1)]
+                                      + ([self._gather(u_gen_all[:, n_loc:], sizes_u, dim=1)]
+                                         if has_u else []), dim=1)
+        n_lab = n_loc if sizes is None else sum(sizes)
         u = u_all[:n_lab]
         u_gen = None if u_gen_all is None else u_gen_all[:, :n_lab]
         l_sem = self.semantic_term(u, u_gen, S) if "sem" in terms else u.new_zeros(())
@@ -198,7 +240,9 @@ class Trainer:
         loss = loss + L.beta * l_quan
         self.opt_h.zero_grad(set_to_none=True)
         loss.backward()
+        ddp.average_gradients(self.hnet.parameters())
         self.opt_h.step()
+        ddp.average_buffers(self.hnet)   # BN running statistics: the mean over ranks
         out.update({"h_loss": loss.item(), "h_sem": l_sem.item(), "h_quan": l_quan.item()})
         return out
 
@@ -235,19 +279,33 @@ class Trainer:
         plan = self.plan(epoch)
         lab, unl, phase = plan.labeled[i], plan.unlabeled[i], plan.phases[i]
         omega = omega_at(epoch, self.cfg.loss.omega, self.cfg.loss.omega_step, self.cfg.loss.omega_every)
-        x = self._batch(lab)
+        sizes = sizes_u = None
+        lab_loc, unl_loc = lab, unl
+        if self.world > 1:   # this rank's slice of the global batches; S covers the global batch
+            sizes, sizes_u = ddp.shard_sizes(len(lab), self.world), ddp.shard_sizes(len(unl), self.world)
+            lab_loc = ddp.local_slice(lab, self.world, self.rank)
+            unl_loc = ddp.local_slice(unl, self.world, self.rank)
+        x = self._batch(lab_loc)
         S = similarity_matrix(self.data.labels[lab], self.data.labels[lab]).to(self.device)
         logs = {"omega": omega, "lr": self._set_lr()}
         if self.learn_anet and phase in ("both", "anet") and self.cfg.loss.anet_losses:
-            logs.update(self.anet_step(x, S, omega))
+            logs.update(self.anet_step(x, S, omega, sizes=sizes))
         if phase in ("both", "hnet"):
-            xu = self._batch(unl) if len(unl) else None
-            logs.update(self.hnet_step(x, xu, S, omega))
+            xu = self._batch(unl_loc) if len(unl) else None
+            logs.update(self.hnet_step(x, xu, S, omega, sizes=sizes, sizes_u=sizes_u))
         logs["images"] = len(lab) + len(unl)
         return logs
 
     def validate(self) -> float | None:
-        """mAP of the validation items against the labeled training items (never the queries)."""
+        """mAP of the validation items against the labeled training items (never the queries).
+
+        Under torchrun rank 0 computes it and every rank gets the value.
+        """
+        if self.world > 1:
+            return ddp.broadcast_object(self._validate() if self.is_main else None)
+        return self._validate()
+
+    def _validate(self) -> float | None:
         if len(self.data.val) == 0:
             return None
         db = self.data.train_labeled
@@ -260,23 +318,26 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> list[dict]:
         t = self.cfg.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp_files(self.run_dir / "checkpoints")   # left by a killed writer
         if resume:
             self.restore()
-        else:
+        elif self.is_main:
             self._write_run_info()
+        ddp.barrier()
         while self.epoch < t.epochs:
             epoch = self.epoch
             plan = self.plan(epoch)
             n_steps = len(plan.phases)
             if self.step_in_epoch == 0:
-                torch.manual_seed(t.seed * 100_003 + epoch)
+                torch.manual_seed(ddp.rank_seed(t.seed * 100_003 + epoch, self.rank))
                 self._acc = defaultdict(list)
                 self._epoch_start = time.time()
                 self._images = 0
             bar = tqdm(range(self.step_in_epoch, n_steps), initial=self.step_in_epoch, total=n_steps,
                        desc=f"epoch {epoch + 1}/{t.epochs}", unit="step", leave=False,
-                       disable=True if t.quiet else None)   # None: no bar when not a terminal
+                       disable=True if t.quiet or not self.is_main else None)   # None: not on a terminal
             for i in bar:
                 logs = self.train_step(epoch, i)
                 self._images += logs.pop("images")
@@ -299,9 +360,10 @@ class Trainer:
                 if val is not None:
                     record["val_map"] = val
             self.history.append(record)
-            with open(self.run_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if not t.quiet:
+            if self.is_main:
+                with open(self.run_dir / "log.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            if not t.quiet and self.is_main:
                 shown = " ".join(f"{k}={record[k]:.4f}" for k in ("h_loss", "h_sem", "h_con", "a_loss", "val_map")
                                  if k in record)
                 tqdm.write(f"epoch {epoch + 1}/{t.epochs} {shown} ({record['images_per_s']:.0f} img/s)")
@@ -325,25 +387,42 @@ class Trainer:
             "opt_a": self.opt_a.state_dict() if self.opt_a is not None else {},
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
             "torch_rng": torch.get_rng_state(),
+            "torch_rng_ranks": ddp.all_gather_object(torch.get_rng_state()),   # one per rank
+            "world_size": self.world,
             "config": self.cfg.to_dict(),
             "bits": m.bits, "backbone": m.backbone, "variant": self.cfg.train.variant,
             "in_channels": self.data.channels, "input_size": int(self.data.images.shape[1]),
             "history": json.dumps(self.history),
+            "epoch_logs": json.dumps(dict(getattr(self, "_acc", {})) if self.step_in_epoch else {}),
+            "epoch_images": int(getattr(self, "_images", 0)) if self.step_in_epoch else 0,
             "version": __version__,
         }
 
-    def save(self) -> Path:
-        return save_checkpoint(self.state(), self.run_dir / "checkpoints",
-                               self.epoch * 1_000_000 + self.step_in_epoch,
-                               keep=self.cfg.train.keep_checkpoints)
+    def save(self) -> Path | None:
+        """Rank 0 writes the checkpoint (every rank takes part in gathering the RNG states)."""
+        state = self.state()   # collective under torchrun
+        path = None
+        if self.is_main:
+            path = save_checkpoint(state, self.run_dir / "checkpoints",
+                                   self.epoch * 1_000_000 + self.step_in_epoch,
+                                   keep=self.cfg.train.keep_checkpoints)
+        ddp.barrier()
+        return path
 
     def restore(self) -> bool:
-        found = latest_checkpoint(self.run_dir / "checkpoints")
+        """Continue from the newest loadable checkpoint; under torchrun rank 0 reads it and
+        sends it to the others (no shared file system needed)."""
+        def newest():
+            found = latest_checkpoint(self.run_dir / "checkpoints")
+            if found is not None:
+                check_compatible(found[1], self.cfg, found[0])
+            return found
+        found = ddp.on_main(newest)
         if found is None:
-            self._write_run_info()
+            if self.is_main:
+                self._write_run_info()
             return False
         path, state = found
-        check_compatible(state, self.cfg, path)
         self.hnet.load_state_dict(state["hnet"])
         if self.anet is not None and state["anet"]:
             self.anet.load_state_dict(state["anet"])
@@ -353,12 +432,28 @@ class Trainer:
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step = state["global_step"]
         self.history = json.loads(state["history"])
-        torch.set_rng_state(state["torch_rng"])
-        if self.step_in_epoch > 0:  # mid-epoch: the running sums of this epoch restart here
-            self._acc = defaultdict(list)
+        ranks = state.get("torch_rng_ranks") or [state["torch_rng"]]
+        if len(ranks) == self.world:
+            torch.set_rng_state(ranks[self.rank])
+        elif self.is_main:
+            torch.set_rng_state(state["torch_rng"])
+        else:   # another number of processes than the checkpoint's: a fresh per-rank stream
+            torch.manual_seed(ddp.rank_seed(self.cfg.train.seed * 100_003 + self.epoch, self.rank))
+        if self.step_in_epoch > 0:  # mid-epoch: the epoch's running logs continue
+            self._acc = defaultdict(list, json.loads(state.get("epoch_logs", "{}")))
             self._epoch_start = time.time()
-            self._images = 0
+            self._images = int(state.get("epoch_images", 0))
+        if self.is_main:
+            self._rewrite_log()
         return True
+
+    def _rewrite_log(self):
+        """``log.jsonl`` as the checkpoint's history says: epochs logged after the checkpoint
+        by a run that then died are dropped, so resumed epochs are not logged twice."""
+        log = self.run_dir / "log.jsonl"
+        tmp = log.with_name(log.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        tmp.replace(log)
 
     def _write_run_info(self):
         save_config(self.cfg, self.run_dir / "config.yaml")
