@@ -513,7 +513,8 @@ def test_searches_during_adds_and_removes(served, tmp_path):
 # the command line
 # ---------------------------------------------------------------------------------------------
 def test_serve_cli_errors_are_one_line(served, tmp_path, capsys):
-    from ssah.serve.cli import main, read_token
+    from ssah.cli import main
+    from ssah.serve.cli import read_token
     empty = tmp_path / "token"
     empty.write_text("\n")
     with pytest.raises(Exception, match="is empty"):

@@ -4,7 +4,7 @@
 [--duration 30] [--max-requests 20000] [--bits 64] [--checkpoint C --index I]
 [--client raw|httpx] [--out ...]``
 
-Starts the server (``python -m ssah.serve.cli serve``, one process, 127.0.0.1 on a free port)
+Starts the server (``python -m ssah serve``, one process, 127.0.0.1 on a free port)
 for each engine, then drives it with 1, 8 and 32 concurrent clients (asyncio, keep-alive
 connections, one client process) for ``--duration`` seconds or ``--max-requests`` requests per
 level, whichever comes first, after a short warm-up.  The default client is a minimal asyncio
@@ -110,7 +110,7 @@ class Server:
                  log_path=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "ssah.serve.cli", "serve", "--checkpoint", str(checkpoint),
+        cmd = [sys.executable, "-m", "ssah", "serve", "--checkpoint", str(checkpoint),
                "--index", str(index), "--host", "127.0.0.1", "--port", str(self.port),
                "--device", "cpu", "--no-access-log", "--log-level", "warning", *extra]
         self.log = open(log_path or os.devnull, "wb")
@@ -397,7 +397,7 @@ def report_text(rows, argv, load_note: str, client: str = "raw") -> str:
         "",
         verdict(rows),
         "",
-        "How it runs: one server process (`python -m ssah.serve.cli serve`, uvicorn, one "
+        "How it runs: one server process (`python -m ssah serve`, uvicorn, one "
         "event loop; searches in worker threads, at most one per core, under a readers-writer "
         "lock; encoding in a 2-thread pool) and one client process on the same machine: "
         f"{client_text}; its CPU time is part of every latency. Every response is checked "

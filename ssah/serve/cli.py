@@ -1,6 +1,6 @@
 """``ssah serve``: the image search service and web page (FastAPI + uvicorn).
 
-Also runs on its own: ``python -m ssah.serve.cli serve --checkpoint runs/digits --index idx/``.
+Run as ``ssah serve --checkpoint runs/digits --index idx/`` (or ``python -m ssah serve ...``).
 """
 from __future__ import annotations
 
@@ -107,20 +107,3 @@ def register(subparsers) -> None:
                               description=__doc__.splitlines()[0])
     add_arguments(s)
     s.set_defaults(func=serve_command)
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="ssah")
-    register(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except SSAHError as e:
-        print(f"ssah: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
