@@ -62,3 +62,15 @@ def test_quick_pipeline_on_cifar10(tmp_path):
     runs = run_quick(tmp_path, "cifar10", "--data-path", str(SHARED_ZIP), "--set", "data.image_size=32",
                      f"data.cache_dir={tmp_path / 'cache'}")
     assert {r["name"] for r in runs} >= {"full", "baseline"}
+
+
+def test_results_from_two_processes_are_merged(tmp_path):
+    from ssah.bench.paper import Results
+    a, b = Results(tmp_path), Results(tmp_path)
+    a.add({"key": "headline/full/12/0/0", "map_all": 0.5}, {"p": [1]})
+    b.add({"key": "shallow/lsh/12/0/0", "map_all": 0.2}, {"p": [2]})
+    a.add({"key": "headline/full/12/0/0", "map_all": 0.6}, {"p": [3]})
+    on_disk = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert {r["key"]: r["map_all"] for r in on_disk} == {"headline/full/12/0/0": 0.6, "shallow/lsh/12/0/0": 0.2}
+    assert set(json.loads((tmp_path / "curves.json").read_text())) == {"headline/full/12/0/0",
+                                                                         "shallow/lsh/12/0/0"}

@@ -163,8 +163,12 @@ class Results:
         return any(r["key"] == spec.key for r in self.runs)
 
     def add(self, record: dict, curves: dict) -> None:
-        self.runs = [r for r in self.runs if r["key"] != record["key"]] + [record]
-        self.curves[record["key"]] = curves
+        """Merge one record into what is on disk now (another process may have added runs)."""
+        on_disk = self._read("results.json").get("runs", [])
+        mine = {r["key"]: r for r in self.runs}
+        merged = {**{r["key"]: r for r in on_disk}, **mine, record["key"]: record}
+        self.runs = list(merged.values())
+        self.curves = {**self._read("curves.json"), **self.curves, record["key"]: curves}
         _write_json(self.out / "results.json", {"runs": self.runs})
         _write_json(self.out / "curves.json", self.curves)
 
