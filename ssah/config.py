@@ -37,7 +37,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "small-cnn"      # small-cnn | efficientnet-lite0 | alexnet
+    backbone: str = "efficientnet-lite0"  # the default on CPU | alexnet (the paper's) | small-cnn
     bits: int = 16
     weights: str | None = None       # user-supplied backbone weights (alexnet)
     pretrained: bool = True          # efficientnet-lite0: load the shipped ImageNet weights
