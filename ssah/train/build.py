@@ -139,5 +139,5 @@ def resolve_device(name: str) -> torch.device:
 
 def to_tensor(batch: np.ndarray, device: torch.device, channels_last: bool) -> torch.Tensor:
     """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1] on ``device``."""
-    x = torch.from_numpy(np.ascontiguousarray(batch)).to(device).permute(0, 3, 1, 2).float().div_(255)
+    x = torch.from_numpy(np.require(batch, requirements=["C", "W"])).to(device).permute(0, 3, 1, 2).float().div_(255)
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
