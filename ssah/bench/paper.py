@@ -214,7 +214,7 @@ class PaperBench:
         return load_config(self.config_path, [*self.base, *spec.overrides, f"model.bits={spec.bits}",
                                               f"train.seed={spec.seed}", f"run_dir={self.runs_dir / spec.slug}"])
 
-    def run(self, spec: RunSpec) -> dict:
+    def run(self, spec: RunSpec, command: str = "") -> dict:
         cfg = self.config(spec)
         if self.args.force and Path(cfg.run_dir).exists():
             shutil.rmtree(cfg.run_dir)
@@ -232,7 +232,8 @@ class PaperBench:
                   "wall_seconds": time.time() - start, "device": device, "machine": machine(),
                   "epochs": cfg.train.epochs if not spec.method else None,
                   "image_size": cfg.data.image_size, "dataset": cfg.data.dataset,
-                  "commit": _commit(), "config": cfg.to_dict(), "quick": bool(self.args.quick)}
+                  "commit": _commit(), "config": cfg.to_dict(), "quick": bool(self.args.quick),
+                  "command": command}
         self.results.add(record, curves)
         return record
 
@@ -338,7 +339,7 @@ def main(argv=None) -> int:
                 print(f"[{i}/{len(specs)}] {spec.key}: done, skipped (--force re-runs it)")
                 continue
             print(f"[{i}/{len(specs)}] {spec.key}: running", flush=True)
-            record = bench.run(spec)
+            record = bench.run(spec, command)
             print(f"[{i}/{len(specs)}] {spec.key}: mAP@all {record['map_all']:.4f} "
                   f"mAP@5000 {record['map_at_5000']:.4f} ({record['train_seconds']:.0f} s training)", flush=True)
             summarise(bench.results, args.dataset, command)

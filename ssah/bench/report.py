@@ -55,10 +55,12 @@ def budget_line(runs: list[dict], table: str) -> str:
 def write_report(results, dataset: str, command: str, paper: dict, titles: dict) -> Path:
     out = results.out
     runs = results.runs
+    commands = list(dict.fromkeys(r.get("command") or command for r in runs)) or [command]
     parts = [f"# Results on {dataset}", "",
              "mAP over the whole database (mAP@all); `–` is a missing number. "
-             "Every number below comes from this command (runs checkpoint and resume; "
-             "finished runs are skipped):", "", f"```sh\n{command.strip()}\n```", ""]
+             "Every number below comes from these commands (each run records its own in "
+             "`results.json`; runs checkpoint and resume, finished runs are skipped):", "",
+             "```sh\n" + "\n".join(c.strip() for c in commands) + "\n```", ""]
     if dataset == "cifar10":
         parts += ["Data: CIFAR-10 as JPEG (`../shared/data/cifar10-jpg.zip`, a lossy conversion of the "
                   "official arrays), the paper's protocol: 60,000 images pooled, 100 queries per "
