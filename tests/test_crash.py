@@ -157,7 +157,7 @@ def test_failed_write_never_replaces_the_last_good_checkpoint(tmp_path, monkeypa
     good = save_checkpoint(small_state(1.0), d, 1)
     before = good.read_bytes()
     module, name = target.split(".")
-    monkeypatch.setattr({"torch": ckpt_mod.torch, "os": ckpt_mod.os}[module], name, fake)
+    monkeypatch.setattr({"torch": ckpt_mod.torch, "os": os}[module], name, fake)
     with pytest.raises(CheckpointError, match=message):
         save_checkpoint(small_state(2.0), d, step)
     monkeypatch.undo()

@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_write
 from ..config import load_config
 from ..errors import ConfigError
 
@@ -174,11 +174,9 @@ class Results:
 
 
 def _write_json(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        os.fchmod(f.fileno(), 0o644)
+        f.write(json.dumps(obj, indent=1).encode())
 
 
 def _report(codes_q, labels_q, codes_d, labels_d) -> tuple[dict, dict]:

@@ -21,8 +21,6 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ssah.atomic import atomic_write
 from ssah.errors import ConfigError, DataError
 
 __all__ = ["Split", "standard_split", "fine_grained_split", "unseen_class_split",
@@ -144,32 +143,20 @@ class Split:
     def save(self, path) -> Path:
         """Write the split atomically: JSON when ``path`` ends in ``.json``, else npz."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                if path.suffix.lower() == ".json":
-                    doc = {"format": _FORMAT, "version": _VERSION, "meta": self.meta}
-                    doc.update({n: getattr(self, n).tolist() for n in _ARRAYS})
-                    if self.labeled_class is not None:
-                        doc["labeled_class"] = self.labeled_class.tolist()
-                    f.write(json.dumps(doc, default=_jsonable).encode())
-                else:
-                    arrays = {n: getattr(self, n) for n in _ARRAYS}
-                    if self.labeled_class is not None:
-                        arrays["labeled_class"] = self.labeled_class
-                    arrays["meta"] = np.array(json.dumps(self.meta, default=_jsonable))
-                    arrays["format"] = np.array(f"{_FORMAT}/{_VERSION}")
-                    np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with atomic_write(path) as f:
+            if path.suffix.lower() == ".json":
+                doc = {"format": _FORMAT, "version": _VERSION, "meta": self.meta}
+                doc.update({n: getattr(self, n).tolist() for n in _ARRAYS})
+                if self.labeled_class is not None:
+                    doc["labeled_class"] = self.labeled_class.tolist()
+                f.write(json.dumps(doc, default=_jsonable).encode())
+            else:
+                arrays = {n: getattr(self, n) for n in _ARRAYS}
+                if self.labeled_class is not None:
+                    arrays["labeled_class"] = self.labeled_class
+                arrays["meta"] = np.array(json.dumps(self.meta, default=_jsonable))
+                arrays["format"] = np.array(f"{_FORMAT}/{_VERSION}")
+                np.savez(f, **arrays)
         return path
 
     @classmethod

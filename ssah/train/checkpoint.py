@@ -9,13 +9,12 @@ digest existed load without the check.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_write
 from ..errors import CheckpointError
 
 FORMAT = 1
@@ -59,41 +58,16 @@ def save_checkpoint(state: dict, directory: str | Path, global_step: int, keep: 
     path = directory / f"ckpt-{global_step:09d}.pt"
     state = {"format": FORMAT, **state}
     state["sha256"] = state_digest(state)
-    tmp = None
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=".pt")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path, prefix=TEMP_PREFIX, suffix=".pt") as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_dir(directory)
     except (OSError, RuntimeError) as e:   # torch's zip writer reports a full disk as RuntimeError
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise CheckpointError(f"cannot write checkpoint {path}: {why}; the previous "
                               f"checkpoints are unchanged") from None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
     for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def remove_stale_temp_files(directory: str | Path) -> list[Path]:
