@@ -147,6 +147,37 @@ def test_mih_uniform_codes_and_single_query():
     assert_same(index.search(q[0], 5), reference(q[:1], db, ids, 5))
 
 
+
+def test_mih_reused_workspace_stays_exact():
+    """Small batches reuse one workspace (stamped 'visited' marks): interleaving them with
+    big batches, range searches, removals and a stamp wrap-around must not change results."""
+    import ssah.index.mih as mih_mod
+    rng = np.random.default_rng(4)
+    db = tied_codes(rng, 3000, 24, centres=5, flip=0.05)
+    q = tied_codes(rng, 40, 24, centres=5, flip=0.05)
+    ids = np.arange(len(db))
+    index = HammingIndex(24, engine="mih")
+    index.add(db)
+    engine = index._engine
+    for i in range(len(q)):   # single queries: the serial path, stamps 1, 2, ...
+        assert_same(index.search(q[i:i + 1], 7), reference(q[i:i + 1], db, ids, 7))
+    assert engine._work["stamp"] == len(q)
+    assert mih_mod.SERIAL_QUERIES < len(q)
+    assert_same(index.search(q, 7), reference(q, db, ids, 7))          # the parallel path
+    engine._work["stamp"] = 2**32 - 3                                   # next batch wraps
+    assert_same(index.search(q[:5], 3), reference(q[:5], db, ids, 3))
+    assert engine._work["stamp"] == 5
+    got = index.range_search(q[:3], 4)
+    for i, (d, found) in enumerate(got):
+        rd, rp = brute_force_range(pack_codes(q[i:i + 1]), pack_codes(db), 4)[0]
+        np.testing.assert_array_equal(d, rd)
+        np.testing.assert_array_equal(found, ids[rp])
+    index.remove(np.arange(0, 3000, 3))
+    keep = np.setdiff1d(ids, np.arange(0, 3000, 3))
+    assert engine._work is None                                          # rebuilt with the tables
+    for i in range(3):
+        assert_same(index.search(q[i:i + 1], 7), reference(q[i:i + 1], db[keep], keep, 7))
+
 def test_flat_padding_and_single_query_ties():
     assert [padded_bytes(b) for b in (8, 12, 16, 24, 32, 48, 64, 96, 128, 200)] == \
         [4, 4, 4, 4, 4, 8, 8, 16, 16, 32]

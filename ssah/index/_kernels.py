@@ -310,33 +310,64 @@ def _expand(cand_u, cand_d, ncand, dk, limit, members, gstart, npos):
     return keys
 
 
+@njit(cache=True)
+def _mih_knn_rows(queries, qsubs, uniq, members, gstart, starts_, lengths, direct, offsets,
+                  off_base, skeys, tab_base, tab, bits, k, npos64, scan_factor, first, step,
+                  visited, stamp, cand_u, cand_d, hist, out_d, out_p):
+    """k-NN of queries first, first + step, ... into out_d/out_p, with one workspace.
+
+    ``visited`` entries equal to a used stamp mark codes seen by that query; stamps count
+    up from ``stamp`` + 1, and the last one used is returned."""
+    nq = queries.shape[0]
+    for i in range(first, nq, step):
+        stamp += np.uint32(1)
+        ncand, dk = _mih_collect(queries[i], qsubs[i], uniq, gstart, starts_, lengths,
+                                 direct, offsets, off_base, skeys, tab_base, tab, bits, k,
+                                 0, scan_factor, visited, stamp, cand_u, cand_d, hist)
+        if dk < 0:
+            dk = bits
+        keys = _expand(cand_u, cand_d, ncand, dk, k, members, gstart, npos64)
+        nk = min(k, keys.shape[0])
+        for r in range(nk):
+            out_d[i, r] = np.int32(keys[r] // npos64)
+            out_p[i, r] = keys[r] % npos64
+    return stamp
+
+
 @njit(parallel=True, cache=True)
 def mih_knn(queries, qsubs, uniq, members, gstart, starts_, lengths, direct, offsets,
             off_base, skeys, tab_base, tab, bits, k, npos, scan_factor, nchunks):
+    """Batch k-NN: ``nchunks`` threads, each with its own freshly allocated workspace."""
     nq = queries.shape[0]
     u = uniq.shape[0]
     out_d = np.full((nq, k), -1, np.int32)
     out_p = np.full((nq, k), -1, np.int64)
-    npos64 = np.int64(npos)
     for c in prange(nchunks):
         visited = np.zeros(u, np.uint32)
         cand_u = np.empty(u, np.int64)
         cand_d = np.empty(u, np.int32)
         hist = np.zeros(bits + 1, np.int64)
-        stamp = np.uint32(0)
-        for i in range(c, nq, nchunks):
-            stamp += np.uint32(1)
-            ncand, dk = _mih_collect(queries[i], qsubs[i], uniq, gstart, starts_, lengths,
-                                     direct, offsets, off_base, skeys, tab_base, tab, bits, k,
-                                     0, scan_factor, visited, stamp, cand_u, cand_d, hist)
-            if dk < 0:
-                dk = bits
-            keys = _expand(cand_u, cand_d, ncand, dk, k, members, gstart, npos64)
-            nk = min(k, keys.shape[0])
-            for r in range(nk):
-                out_d[i, r] = np.int32(keys[r] // npos64)
-                out_p[i, r] = keys[r] % npos64
+        _mih_knn_rows(queries, qsubs, uniq, members, gstart, starts_, lengths, direct,
+                      offsets, off_base, skeys, tab_base, tab, bits, k, np.int64(npos),
+                      scan_factor, c, nchunks, visited, np.uint32(0), cand_u, cand_d, hist,
+                      out_d, out_p)
     return out_d, out_p
+
+
+@njit(cache=True)
+def mih_knn_serial(queries, qsubs, uniq, members, gstart, starts_, lengths, direct, offsets,
+                   off_base, skeys, tab_base, tab, bits, k, npos, scan_factor, visited, stamp,
+                   cand_u, cand_d, hist):
+    """Small batches (a served query): one thread, the caller's reusable workspace, so a
+    call costs no allocation or thread start-up proportional to the index size.
+    Returns (distances, positions, last stamp used)."""
+    nq = queries.shape[0]
+    out_d = np.full((nq, k), -1, np.int32)
+    out_p = np.full((nq, k), -1, np.int64)
+    last = _mih_knn_rows(queries, qsubs, uniq, members, gstart, starts_, lengths, direct,
+                         offsets, off_base, skeys, tab_base, tab, bits, k, np.int64(npos),
+                         scan_factor, 0, 1, visited, stamp, cand_u, cand_d, hist, out_d, out_p)
+    return out_d, out_p, last
 
 
 @njit(cache=True)

@@ -25,6 +25,9 @@ from . import _kernels as K
 from .base import Engine, code_bytes, from_words, to_words
 
 
+SERIAL_QUERIES = 8   # batches up to this size run on one thread with the kept workspace
+
+
 def _split(bits: int, m: int):
     m = max(1, min(m, bits))
     base, extra = divmod(bits, m)
@@ -61,6 +64,7 @@ class MIHEngine(Engine):
         self._pending = []          # appended packed codes not yet in the table
         self._removed = None        # positions removed since the last build
         self._tables = None
+        self._work = None           # reusable search workspace, see _workspace
 
     # -- updates -------------------------------------------------------------------------------
     def __len__(self):
@@ -89,6 +93,7 @@ class MIHEngine(Engine):
         self._pending = [packed] if len(packed) else []
         self._n = len(packed)
         self._tables = None
+        self._work = None
 
     def codes(self):
         out_words = np.zeros((self._n, self.W), dtype=np.uint64)
@@ -156,6 +161,7 @@ class MIHEngine(Engine):
                 np.cumsum(cnt, out=off[1:])
             else:
                 skeys[j * u:(j + 1) * u] = col[order]
+        self._work = None
         self._tables = dict(starts=starts, lengths=lengths, direct=direct, offsets=offsets,
                             off_base=off_base, skeys=skeys, tab_base=tab_base, tab=tab)
 
@@ -166,6 +172,21 @@ class MIHEngine(Engine):
         qs = K.substrings(qw, t["starts"], t["lengths"])
         return qw, qs
 
+    def _workspace(self, nq):
+        """The arrays one query's probing needs (sized by the distinct codes), kept between
+        calls; ``visited`` is marked with increasing stamps and cleared only when they wrap.
+        Callers hold ``K.KERNEL_LOCK``."""
+        u = len(self._uniq)
+        w = self._work
+        if w is None:
+            w = self._work = dict(visited=np.zeros(u, np.uint32), cand_u=np.empty(u, np.int64),
+                                  cand_d=np.empty(u, np.int32),
+                                  hist=np.zeros(self.bits + 1, np.int64), stamp=0)
+        if w["stamp"] + nq + 1 >= 2**32:
+            w["visited"][:] = 0
+            w["stamp"] = 0
+        return w
+
     def search(self, q_packed, k, **kwargs):
         self._build()
         m = len(q_packed)
@@ -173,12 +194,18 @@ class MIHEngine(Engine):
             return (np.full((m, k), -1, np.int32), np.full((m, k), -1, np.int64))
         t = self._tables
         qw, qs = self._query_words(q_packed)
-        nchunks = max(1, min(m, 4 * K.get_num_threads()))
+        args = (qw, qs, self._uniq, self._members, self._gstart, t["starts"], t["lengths"],
+                t["direct"], t["offsets"], t["off_base"], t["skeys"], t["tab_base"], t["tab"],
+                self.bits, int(k), self._n + 1, self.scan_factor)
+        threads = K.get_num_threads()
         with K.KERNEL_LOCK:
-            return K.mih_knn(qw, qs, self._uniq, self._members, self._gstart,
-                             t["starts"], t["lengths"], t["direct"], t["offsets"], t["off_base"],
-                             t["skeys"], t["tab_base"], t["tab"], self.bits, int(k),
-                             self._n + 1, self.scan_factor, nchunks)
+            if threads == 1 or m <= SERIAL_QUERIES:
+                w = self._workspace(m)
+                d, p, last = K.mih_knn_serial(*args, w["visited"], np.uint32(w["stamp"]),
+                                              w["cand_u"], w["cand_d"], w["hist"])
+                w["stamp"] = int(last)
+                return d, p
+            return K.mih_knn(*args, max(1, min(m, 4 * threads)))
 
     def range_search(self, q_packed, radius, **kwargs):
         self._build()
@@ -187,19 +214,18 @@ class MIHEngine(Engine):
             return [(np.zeros(0, np.int32), np.zeros(0, np.int64)) for _ in range(m)]
         t = self._tables
         qw, qs = self._query_words(q_packed)
-        u = len(self._uniq)
-        visited = np.zeros(u, np.uint32)
-        cand_u = np.empty(u, np.int64)
-        cand_d = np.empty(u, np.int32)
-        hist = np.zeros(self.bits + 1, np.int64)
         out = []
         radius = min(int(radius), self.bits)
-        for i in range(m):
-            out.append(K.mih_range(qw[i], qs[i], self._uniq, self._members,
-                                   self._gstart, t["starts"], t["lengths"], t["direct"],
-                                   t["offsets"], t["off_base"], t["skeys"], t["tab_base"],
-                                   t["tab"], self.bits, radius, self._n + 1, self.scan_factor,
-                                   visited, np.uint32(i + 1), cand_u, cand_d, hist))
+        with K.KERNEL_LOCK:
+            w = self._workspace(m)
+            for i in range(m):
+                w["stamp"] += 1
+                out.append(K.mih_range(qw[i], qs[i], self._uniq, self._members,
+                                       self._gstart, t["starts"], t["lengths"], t["direct"],
+                                       t["offsets"], t["off_base"], t["skeys"], t["tab_base"],
+                                       t["tab"], self.bits, radius, self._n + 1, self.scan_factor,
+                                       w["visited"], np.uint32(w["stamp"]), w["cand_u"],
+                                       w["cand_d"], w["hist"]))
         return out
 
     # -- facts ---------------------------------------------------------------------------------
@@ -209,6 +235,7 @@ class MIHEngine(Engine):
         if self._tables is not None:
             t = self._tables
             total += t["tab"].nbytes + t["offsets"].nbytes + t["skeys"].nbytes
+
         return int(total)
 
     def options(self):
@@ -220,4 +247,9 @@ class MIHEngine(Engine):
         return {"distinct_codes": int(len(self._uniq)),
                 "substrings": int(len(t["lengths"])),
                 "substring_bits": [int(x) for x in t["lengths"]],
-                "tables": "direct" if t["direct"] else "sorted"}
+                "tables": "direct" if t["direct"] else "sorted",
+                # kept between searches, not counted in memory_bytes (16 bytes per distinct
+                # code, allocated by the first search; the candidate buffers are touched
+                # only as far as a query needs)
+                "workspace_bytes": 0 if self._work is None else int(
+                    sum(a.nbytes for a in self._work.values() if isinstance(a, np.ndarray)))}
