@@ -226,7 +226,8 @@ def _mih_collect(q, qsub, uniq, gstart, starts_, lengths, direct, offsets, off_b
                 v = qv ^ mask
                 lo, hi = _bucket(j, v, direct, offsets, off_base, skeys, tab_base, u)
                 for t in range(lo, hi):
-                    cu = tab[base + t]
+                    # the distinct codes are sorted by substring 0: table 0 is the identity
+                    cu = t if j == 0 else tab[base - u + t]
                     if visited[cu] != stamp:
                         visited[cu] = stamp
                         d = _ham(q, uniq, cu, W)

@@ -135,10 +135,11 @@ class MIHEngine(Engine):
         starts, lengths = _split(self.bits, m)
         m = len(lengths)
         subs = K.substrings(self._uniq, starts, lengths) if u else np.zeros((0, m), np.uint64)
+        subs = self._sort_groups_by(subs)
         maxlen = int(lengths.max())
         direct = maxlen <= 24 and (1 << maxlen) <= 8 * u + 65536
         tdtype = np.uint32 if u < 2**32 else np.int64
-        tab = np.empty(m * u, dtype=tdtype)
+        tab = np.empty((m - 1) * u, dtype=tdtype)   # table 0 needs none: see _sort_groups_by
         tab_base = np.arange(m, dtype=np.int64) * u
         if direct:
             sizes = [(1 << int(L)) + 1 for L in lengths]
@@ -151,8 +152,11 @@ class MIHEngine(Engine):
             skeys = np.empty(m * u, dtype=np.uint64)
         for j in range(m):
             col = subs[:, j]
-            order = np.argsort(col, kind="stable")
-            tab[j * u:(j + 1) * u] = order
+            if j == 0:
+                order = slice(None)
+            else:
+                order = np.argsort(col, kind="stable")
+                tab[(j - 1) * u:j * u] = order
             if direct:
                 L = int(lengths[j])
                 cnt = np.bincount(col.astype(np.int64), minlength=1 << L)
@@ -164,6 +168,25 @@ class MIHEngine(Engine):
         self._work = None
         self._tables = dict(starts=starts, lengths=lengths, direct=direct, offsets=offsets,
                             off_base=off_base, skeys=skeys, tab_base=tab_base, tab=tab)
+
+    def _sort_groups_by(self, subs):
+        """Reorder the distinct codes (and their item groups) by substring 0, stably, so
+        that table 0 is the identity permutation and stores no entries (saves 4 bytes per
+        distinct code). Returns ``subs`` in the new order."""
+        if len(subs) < 2:
+            return subs
+        o = np.argsort(subs[:, 0], kind="stable")
+        if (o[1:] > o[:-1]).all():
+            return subs
+        counts = np.diff(self._gstart)[o]
+        gstart = np.zeros(len(o) + 1, dtype=self._gstart.dtype)
+        np.cumsum(counts, out=gstart[1:])
+        src = np.repeat(self._gstart[:-1][o].astype(np.int64) - gstart[:-1], counts)
+        src += np.arange(self._n, dtype=np.int64)
+        self._members = self._members[src]
+        self._gstart = gstart
+        self._uniq = np.ascontiguousarray(self._uniq[o])
+        return subs[o]
 
     # -- search --------------------------------------------------------------------------------
     def _query_words(self, q_packed):
