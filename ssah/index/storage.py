@@ -12,19 +12,18 @@ The header holds ``format_version``, ``bits``, ``engine``, ``engine_options``, `
 array table (name, dtype, shape, offset, nbytes), ``payload_bytes`` and ``payload_sha256``.
 String columns are stored as UTF-8 bytes plus int64 end offsets (no pickle).  A file is
 written to a temporary name in the same folder, flushed to disk and renamed over the target
-with ``os.replace``, so readers see the old index or the new one, never a mix.
+with ``os.replace`` (:func:`ssah.atomic.atomic_write`), so readers see the old index or the new one, never a mix.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..errors import IndexFileError
 
 MAGIC = b"SSAHIDX\x00"
@@ -85,36 +84,17 @@ def write_index_file(path, header: dict, arrays: dict[str, np.ndarray]) -> Path:
                    "arrays": table, "payload_bytes": payload_bytes,
                    "payload_sha256": digest.hexdigest()})
     head = json.dumps(header, sort_keys=True).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC)
-            f.write(struct.pack("<Q", len(head)))
-            f.write(head)
-            f.write(hashlib.sha256(head).digest())
-            pos = 0
-            for off, arr in ordered:
-                if off > pos:
-                    f.write(b"\0" * (off - pos))
-                f.write(memoryview(arr).cast("B"))
-                pos = off + arr.nbytes
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    with atomic_write(target) as f:
+        f.write(MAGIC)
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        f.write(hashlib.sha256(head).digest())
+        pos = 0
+        for off, arr in ordered:
+            if off > pos:
+                f.write(b"\0" * (off - pos))
+            f.write(memoryview(arr).cast("B"))
+            pos = off + arr.nbytes
     return target
 
 
