@@ -74,3 +74,20 @@ def test_results_from_two_processes_are_merged(tmp_path):
     assert {r["key"]: r["map_all"] for r in on_disk} == {"headline/full/12/0/0": 0.6, "shallow/lsh/12/0/0": 0.2}
     assert set(json.loads((tmp_path / "curves.json").read_text())) == {"headline/full/12/0/0",
                                                                          "shallow/lsh/12/0/0"}
+
+
+def test_second_backbone_gets_its_own_rows_and_run_dirs(tmp_path, capsys):
+    """--backbone runs are new entries (not 'done' because the default backbone's are)."""
+    run_quick(tmp_path, "digits", "--tables", "headline")
+    capsys.readouterr()
+    runs = run_quick(tmp_path, "digits", "--tables", "headline", "--backbone", "efficientnet-lite0",
+                     "--set", "data.image_size=32")
+    assert "done, skipped" not in capsys.readouterr().out
+    by_name = {r["name"]: r for r in runs}
+    assert set(by_name) == {"full", "baseline", "full (efficientnet-lite0)", "baseline (efficientnet-lite0)"}
+    assert by_name["full (efficientnet-lite0)"]["backbone"] == "efficientnet-lite0"
+    assert by_name["full"]["backbone"] != "efficientnet-lite0"
+    assert len({r["config"]["run_dir"] for r in runs}) == 4
+    md = (tmp_path / "results" / "README.md").read_text()
+    assert "| full (efficientnet-lite0) |" in md
+    assert (tmp_path / "results" / "training_full_12b_efficientnet-lite0.png").is_file()

@@ -95,14 +95,22 @@ class RunSpec:
     method: str | None = None     # shallow baseline name
     seed: int = 0
     split_seed: int = 0
+    backbone: str | None = None   # set by --backbone: kept apart from the config's default
 
     @property
     def key(self) -> str:
-        return f"{self.table}/{self.name}/{self.bits}/{self.seed}/{self.split_seed}"
+        tag = f"/{self.backbone}" if self.backbone else ""
+        return f"{self.table}/{self.name}/{self.bits}/{self.seed}/{self.split_seed}{tag}"
+
+    @property
+    def label(self) -> str:
+        """The row name in the tables."""
+        return f"{self.name} ({self.backbone})" if self.backbone else self.name
 
     @property
     def slug(self) -> str:
-        s = f"{self.table}-{self.name}-{self.bits}b-s{self.seed}-split{self.split_seed}"
+        tag = f"-{self.backbone}" if self.backbone else ""
+        s = f"{self.table}-{self.name}-{self.bits}b-s{self.seed}-split{self.split_seed}{tag}"
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
 
 
@@ -222,7 +230,7 @@ class PaperBench:
             device = "cpu"
         else:
             report, curves, seconds, device = self._deep(cfg)
-        record = {"key": spec.key, "table": spec.table, "name": spec.name, "variant": cfg.train.variant
+        record = {"key": spec.key, "table": spec.table, "name": spec.label, "variant": cfg.train.variant
                   if not spec.method else spec.method, "backbone": cfg.model.backbone, "bits": spec.bits,
                   "seed": spec.seed, "split_seed": spec.split_seed, "map_all": report["map_all"],
                   "map_at_5000": report.get("map_at_5000"), "p_at_100": report.get("p_at_100"),
@@ -328,6 +336,9 @@ def main(argv=None) -> int:
     bench = PaperBench(args)
     specs = plan(tables, [bits[0]] if args.quick else bits, seeds, args.ablation_epochs, args.quick,
                  args.unseen_splits)
+    if args.backbone:   # deep runs on another backbone are separate rows (and run dirs)
+        for s in specs:
+            s.backbone = None if s.method else args.backbone
     if args.only:
         specs = [s for s in specs if args.only in s.key]
     command = "ssah bench paper " + " ".join(argv if argv is not None else [])
