@@ -81,7 +81,7 @@ def test_second_backbone_gets_its_own_rows_and_run_dirs(tmp_path, capsys):
     run_quick(tmp_path, "digits", "--tables", "headline")
     capsys.readouterr()
     runs = run_quick(tmp_path, "digits", "--tables", "headline", "--backbone", "efficientnet-lite0",
-                     "--set", "data.image_size=32")
+                     "--set", "data.image_size=32", "model.mask_features=[block4]")
     assert "done, skipped" not in capsys.readouterr().out
     by_name = {r["name"]: r for r in runs}
     assert set(by_name) == {"full", "baseline", "full (efficientnet-lite0)", "baseline (efficientnet-lite0)"}
