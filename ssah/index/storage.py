@@ -73,12 +73,8 @@ def write_index_file(path, header: dict, arrays: dict[str, np.ndarray]) -> Path:
         offset += arr.nbytes
     payload_bytes = offset
     digest = hashlib.sha256()
-    pos = 0
-    for off, arr in ordered:
-        if off > pos:
-            digest.update(b"\0" * (off - pos))
-        digest.update(memoryview(arr).cast("B"))
-        pos = off + arr.nbytes
+    for chunk in _payload_chunks(ordered):
+        digest.update(chunk)
     header = dict(header)
     header.update({"format": "ssah-hamming-index", "format_version": FORMAT_VERSION,
                    "arrays": table, "payload_bytes": payload_bytes,
@@ -89,13 +85,19 @@ def write_index_file(path, header: dict, arrays: dict[str, np.ndarray]) -> Path:
         f.write(struct.pack("<Q", len(head)))
         f.write(head)
         f.write(hashlib.sha256(head).digest())
-        pos = 0
-        for off, arr in ordered:
-            if off > pos:
-                f.write(b"\0" * (off - pos))
-            f.write(memoryview(arr).cast("B"))
-            pos = off + arr.nbytes
+        for chunk in _payload_chunks(ordered):
+            f.write(chunk)
     return target
+
+
+def _payload_chunks(ordered):
+    """The payload bytes in order: zero padding up to each array's offset, then the array."""
+    pos = 0
+    for off, arr in ordered:
+        if off > pos:
+            yield b"\0" * (off - pos)
+        yield memoryview(arr).cast("B")
+        pos = off + arr.nbytes
 
 
 def read_index_file(path) -> tuple[dict, dict[str, np.ndarray], Path]:
