@@ -161,6 +161,16 @@ def list_dataset(tmp_path):
     return SimpleNamespace(root=root, list=list_path, paths=paths, labels=labels, arrays=arrays)
 
 
+@pytest.fixture
+def keep_threads():
+    """Restores torch's thread count after a test that trains with ``num_threads`` set."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 CUB_CLASSES = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross"]
 
 

@@ -48,13 +48,6 @@ run_dir: {run_dir}
     return cfg
 
 
-@pytest.fixture
-def keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 def mid_epoch(path: Path) -> bool:
     return int(path.stem.split("-")[1]) % 1_000_000 != 0
 

@@ -55,13 +55,6 @@ def torchrun(args, tmp_path, timeout=120):
     return out
 
 
-@pytest.fixture
-def keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 def test_a_two_process_step_equals_the_single_process_step(tmp_path, keep_threads):
     """Uneven slices (15 = 8 + 7 labeled, 9 = 5 + 4 unlabeled), BatchNorm, A-Net and H-Net
     steps: the gathered losses and the averaged gradients give the single-process update."""
