@@ -195,6 +195,12 @@ class MIHEngine(Engine):
         qs = K.substrings(qw, t["starts"], t["lengths"])
         return qw, qs
 
+    def _structure(self):
+        """The built arrays, in the order the kernels take them."""
+        t = self._tables
+        return (self._uniq, self._members, self._gstart, t["starts"], t["lengths"], t["direct"],
+                t["offsets"], t["off_base"], t["skeys"], t["tab_base"], t["tab"])
+
     def _workspace(self, nq):
         """The arrays one query's probing needs (sized by the distinct codes), kept between
         calls; ``visited`` is marked with increasing stamps and cleared only when they wrap.
@@ -215,11 +221,8 @@ class MIHEngine(Engine):
         m = len(q_packed)
         if self._n == 0 or m == 0:
             return (np.full((m, k), -1, np.int32), np.full((m, k), -1, np.int64))
-        t = self._tables
         qw, qs = self._query_words(q_packed)
-        args = (qw, qs, self._uniq, self._members, self._gstart, t["starts"], t["lengths"],
-                t["direct"], t["offsets"], t["off_base"], t["skeys"], t["tab_base"], t["tab"],
-                self.bits, int(k), self._n + 1, self.scan_factor)
+        args = (qw, qs, *self._structure(), self.bits, int(k), self._n + 1, self.scan_factor)
         threads = K.get_num_threads()
         with K.KERNEL_LOCK:
             if threads == 1 or m <= SERIAL_QUERIES:
@@ -235,20 +238,17 @@ class MIHEngine(Engine):
         m = len(q_packed)
         if self._n == 0:
             return [(np.zeros(0, np.int32), np.zeros(0, np.int64)) for _ in range(m)]
-        t = self._tables
         qw, qs = self._query_words(q_packed)
+        structure = self._structure()
         out = []
         radius = min(int(radius), self.bits)
         with K.KERNEL_LOCK:
             w = self._workspace(m)
             for i in range(m):
                 w["stamp"] += 1
-                out.append(K.mih_range(qw[i], qs[i], self._uniq, self._members,
-                                       self._gstart, t["starts"], t["lengths"], t["direct"],
-                                       t["offsets"], t["off_base"], t["skeys"], t["tab_base"],
-                                       t["tab"], self.bits, radius, self._n + 1, self.scan_factor,
-                                       w["visited"], np.uint32(w["stamp"]), w["cand_u"],
-                                       w["cand_d"], w["hist"]))
+                out.append(K.mih_range(qw[i], qs[i], *structure, self.bits, radius, self._n + 1,
+                                       self.scan_factor, w["visited"], np.uint32(w["stamp"]),
+                                       w["cand_u"], w["cand_d"], w["hist"]))
         return out
 
     # -- facts ---------------------------------------------------------------------------------
@@ -258,7 +258,6 @@ class MIHEngine(Engine):
         if self._tables is not None:
             t = self._tables
             total += t["tab"].nbytes + t["offsets"].nbytes + t["skeys"].nbytes
-
         return int(total)
 
     def options(self):
