@@ -91,3 +91,16 @@ def test_second_backbone_gets_its_own_rows_and_run_dirs(tmp_path, capsys):
     md = (tmp_path / "results" / "README.md").read_text()
     assert "| full (efficientnet-lite0) |" in md
     assert (tmp_path / "results" / "training_full_12b_efficientnet-lite0.png").is_file()
+
+
+def test_a_config_shared_by_two_tables_is_trained_once(tmp_path, capsys):
+    """Table 6's self-paced omega = 0.1 is the headline ``full`` config: reported, not retrained."""
+    runs = run_quick(tmp_path, "digits", "--tables", "headline,table6", "--set", "loss.omega=0.1",
+                     "loss.self_paced=true")
+    by_key = {r["key"]: r for r in runs}
+    twin = by_key["table6/self-paced w=0.1/12/0/0"]
+    assert twin["same_run_as"] == "headline/full/12/0/0"
+    assert twin["map_all"] == by_key["headline/full/12/0/0"]["map_all"]
+    assert "same_run_as" not in by_key["table6/fixed-paced w=0.1/12/0/0"]
+    assert "the same run as headline/full/12/0/0" in capsys.readouterr().out
+    assert not any("self-paced" in p.name for p in (tmp_path / "runs" / "digits-quick").iterdir())
