@@ -23,6 +23,16 @@ def test_plan_covers_the_papers_tables():
     assert all("train.epochs=5" in s.overrides for s in specs if s.table in ("table4", "table5", "table6"))
     assert not any("train.epochs=5" in s.overrides for s in specs if s.table == "headline")
     assert len({s.slug for s in specs}) == len(specs)
+    assert not any(s.name.startswith("baseline (") for s in specs)
+
+
+def test_time_matched_baseline_is_an_extra_headline_row():
+    specs = plan(["headline"], [12], [0], ablation_epochs=None, quick=False, n_unseen_splits=5,
+                 baseline_epochs=120)
+    extra = [s for s in specs if s.name == "baseline (120 epochs)"]
+    assert len(extra) == 1 and extra[0].table == "headline"
+    assert extra[0].overrides == ["train.variant=baseline", "train.epochs=120"]
+    assert len({s.slug for s in specs}) == 3
 
 
 def test_report_shows_missing_numbers_as_missing():

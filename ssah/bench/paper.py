@@ -114,8 +114,12 @@ class RunSpec:
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
 
 
-def plan(tables, bits, seeds, ablation_epochs, quick: bool, n_unseen_splits: int) -> list[RunSpec]:
-    """The runs of the requested tables, headline first."""
+def plan(tables, bits, seeds, ablation_epochs, quick: bool, n_unseen_splits: int,
+         baseline_epochs: int | None = None) -> list[RunSpec]:
+    """The runs of the requested tables, headline first.
+
+    ``baseline_epochs`` adds a headline row ``baseline (N epochs)``: the H-Net baseline given
+    about the full run's training time rather than its number of epochs."""
     ab = [f"train.epochs={ablation_epochs}"] if ablation_epochs else []
     specs: list[RunSpec] = []
     for seed in seeds:
@@ -123,6 +127,10 @@ def plan(tables, bits, seeds, ablation_epochs, quick: bool, n_unseen_splits: int
             if "headline" in tables:
                 specs += [RunSpec("headline", v, b, [f"train.variant={v}"], seed=seed)
                           for v in ("full", "baseline")]
+                if baseline_epochs:
+                    specs.append(RunSpec("headline", f"baseline ({baseline_epochs} epochs)", b,
+                                         ["train.variant=baseline", f"train.epochs={baseline_epochs}"],
+                                         seed=seed))
             if "shallow" in tables:
                 specs += [RunSpec("shallow", m, b, method=m, seed=seed)
                           for m in (SHALLOW[:3] if quick else SHALLOW)]
@@ -336,6 +344,8 @@ def main(argv=None) -> int:
     p.add_argument("--bits", default=",".join(map(str, BITS)))
     p.add_argument("--seeds", default="0", help="comma list of training seeds")
     p.add_argument("--ablation-epochs", type=int, default=None, help="shorter budget for table 3-6 runs")
+    p.add_argument("--baseline-epochs", type=int, default=None,
+                   help="also run the headline baseline for this many epochs (a time-matched baseline)")
     p.add_argument("--unseen-splits", type=int, default=5)
     p.add_argument("--shallow-backbone", default="efficientnet-lite0")
     p.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", help="config overrides")
@@ -356,7 +366,7 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     bench = PaperBench(args)
     specs = plan(tables, [bits[0]] if args.quick else bits, seeds, args.ablation_epochs, args.quick,
-                 args.unseen_splits)
+                 args.unseen_splits, args.baseline_epochs)
     if args.backbone:   # deep runs on another backbone are separate rows (and run dirs)
         for s in specs:
             s.backbone = None if s.method else args.backbone
