@@ -114,3 +114,14 @@ def test_a_config_shared_by_two_tables_is_trained_once(tmp_path, capsys):
     assert "same_run_as" not in by_key["table6/fixed-paced w=0.1/12/0/0"]
     assert "the same run as headline/full/12/0/0" in capsys.readouterr().out
     assert not any("self-paced" in p.name for p in (tmp_path / "runs" / "digits-quick").iterdir())
+
+
+def test_a_run_removed_from_disk_is_not_written_back(tmp_path):
+    """Only the records a process added override the file: a stale run deleted by hand stays deleted."""
+    from ssah.bench.paper import Results
+    Results(tmp_path).add({"key": "table4/marn/12/0/0", "map_all": 0.1}, {})
+    running = Results(tmp_path)               # loaded while the stale run is still on disk
+    (tmp_path / "results.json").write_text(json.dumps({"runs": []}))
+    running.add({"key": "table4/msmn/12/0/0", "map_all": 0.5}, {})
+    on_disk = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert [r["key"] for r in on_disk] == ["table4/msmn/12/0/0"]

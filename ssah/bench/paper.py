@@ -170,6 +170,7 @@ class Results:
         out.mkdir(parents=True, exist_ok=True)
         self.runs = self._read("results.json").get("runs", [])
         self.curves = self._read("curves.json")
+        self.mine: dict = {}   # records this process added: only these override what is on disk
 
     def _read(self, name):
         p = self.out / name
@@ -188,12 +189,13 @@ class Results:
                      and _comparable(r["config"]) == want), None)
 
     def add(self, record: dict, curves: dict) -> None:
-        """Merge one record into what is on disk now (another process may have added runs)."""
+        """Merge one record into what is on disk now (another process may have added or removed runs)."""
         on_disk = self._read("results.json").get("runs", [])
-        mine = {r["key"]: r for r in self.runs}
-        merged = {**{r["key"]: r for r in on_disk}, **mine, record["key"]: record}
+        self.mine[record["key"]] = record
+        merged = {**{r["key"]: r for r in on_disk}, **self.mine}
         self.runs = list(merged.values())
-        self.curves = {**self._read("curves.json"), **self.curves, record["key"]: curves}
+        self.curves = {**self._read("curves.json"), **{k: self.curves[k] for k in self.mine if k in self.curves},
+                       record["key"]: curves}
         _write_json(self.out / "results.json", {"runs": self.runs})
         _write_json(self.out / "curves.json", self.curves)
 
