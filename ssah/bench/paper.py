@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -374,7 +375,7 @@ def main(argv=None) -> int:
             s.backbone = None if s.method else args.backbone
     if args.only:
         specs = [s for s in specs if args.only in s.key]
-    command = "ssah bench paper " + " ".join(argv if argv is not None else [])
+    command = "ssah bench paper " + shlex.join(argv if argv is not None else [])
     if not args.report_only:
         for i, spec in enumerate(specs, 1):
             if bench.results.done(spec) and not args.force:
