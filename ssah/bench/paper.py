@@ -119,8 +119,8 @@ def plan(tables, bits, seeds, ablation_epochs, quick: bool, n_unseen_splits: int
          baseline_epochs: int | None = None) -> list[RunSpec]:
     """The runs of the requested tables, headline first.
 
-    ``baseline_epochs`` adds a headline row ``baseline (N epochs)``: the H-Net baseline given
-    about the full run's training time rather than its number of epochs."""
+    ``baseline_epochs`` adds a headline row ``baseline (N epochs)``: the H-Net baseline trained
+    N epochs, so that it can be given about the full run's training time, not its epochs."""
     ab = [f"train.epochs={ablation_epochs}"] if ablation_epochs else []
     specs: list[RunSpec] = []
     for seed in seeds:
@@ -171,7 +171,9 @@ class Results:
         out.mkdir(parents=True, exist_ok=True)
         self.runs = self._read("results.json").get("runs", [])
         self.curves = self._read("curves.json")
-        self.mine: dict = {}   # records this process added: only these override what is on disk
+        # what this process added (records, curves by key): only these override what is on disk
+        self.mine: dict = {}
+        self.mine_curves: dict = {}
 
     def _read(self, name):
         p = self.out / name
@@ -193,10 +195,9 @@ class Results:
         """Merge one record into what is on disk now (another process may have added or removed runs)."""
         on_disk = self._read("results.json").get("runs", [])
         self.mine[record["key"]] = record
-        merged = {**{r["key"]: r for r in on_disk}, **self.mine}
-        self.runs = list(merged.values())
-        self.curves = {**self._read("curves.json"), **{k: self.curves[k] for k in self.mine if k in self.curves},
-                       record["key"]: curves}
+        self.mine_curves[record["key"]] = curves
+        self.runs = list({**{r["key"]: r for r in on_disk}, **self.mine}.values())
+        self.curves = {**self._read("curves.json"), **self.mine_curves}
         _write_json(self.out / "results.json", {"runs": self.runs})
         _write_json(self.out / "curves.json", self.curves)
 
