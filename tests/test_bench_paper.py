@@ -57,7 +57,11 @@ def test_quick_pipeline_on_digits_writes_results_and_skips_finished_runs(tmp_pat
                     "device", "machine", "commit", "config"):
             assert key in r
         assert 0 <= r["map_all"] <= 1
+        # a shallow row names the frozen backbone whose features it hashed, not the deep runs' one
+        assert r["backbone"] == ("efficientnet-lite0" if r["table"] == "shallow" else "small-cnn")
     out = tmp_path / "results"
+    assert "Features: the pooled features of the frozen, ImageNet-pretrained efficientnet-lite0" \
+        in (out / "README.md").read_text()
     for name in ("README.md", "pr_12b.png", "p_at_n_12b.png", "training_full_12b.png", "generated_12b.png"):
         assert (out / name).is_file(), name
     capsys.readouterr()

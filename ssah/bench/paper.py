@@ -264,7 +264,10 @@ class PaperBench:
         else:
             report, curves, seconds, device = self._deep(cfg)
         record = {"key": spec.key, "table": spec.table, "name": spec.label, "variant": cfg.train.variant
-                  if not spec.method else spec.method, "backbone": cfg.model.backbone, "bits": spec.bits,
+                  if not spec.method else spec.method,
+                  # a shallow baseline hashes the frozen --shallow-backbone's features
+                  "backbone": self.args.shallow_backbone if spec.method else cfg.model.backbone,
+                  "bits": spec.bits,
                   "seed": spec.seed, "split_seed": spec.split_seed, "map_all": report["map_all"],
                   "map_at_5000": report.get("map_at_5000"), "p_at_100": report.get("p_at_100"),
                   "precision_r2": report["precision_r2"], "train_seconds": seconds,

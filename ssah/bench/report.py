@@ -40,16 +40,21 @@ def table_markdown(runs: list[dict], table: str, paper: dict, bits_all=(12, 24, 
 
 
 def budget_line(runs: list[dict], table: str) -> str:
-    rows = [r for r in runs if r["table"] == table and r.get("epochs")]
+    """What a table's runs were given: epochs (deep runs) or features (shallow ones), and where."""
+    rows = [r for r in runs if r["table"] == table]
     if not rows:
         return ""
-    epochs = sorted({r["epochs"] for r in rows})
-    backbones = sorted({r["backbone"] for r in rows})
-    sizes = sorted({str(r["image_size"]) for r in rows})
-    devices = sorted({f"{r['device']} ({r['machine']})" for r in rows})
+    backbones = ", ".join(sorted({r["backbone"] for r in rows}))
+    sizes = ", ".join(sorted({str(r["image_size"]) for r in rows}))
+    devices = "; ".join(sorted({f"{r['device']} ({r['machine']})" for r in rows}))
     quick = " QUICK MODE (tiny subset, pipeline check only)." if any(r.get("quick") for r in rows) else ""
-    return (f"Budget: {', '.join(map(str, epochs))} epochs; backbone {', '.join(backbones)} at "
-            f"{', '.join(sizes)} px; device {'; '.join(devices)}.{quick}")
+    epochs = sorted({r["epochs"] for r in rows if r.get("epochs")})
+    if epochs:
+        what = f"Budget: {', '.join(map(str, epochs))} epochs; backbone {backbones} at {sizes} px"
+    else:
+        what = (f"Features: the pooled features of the frozen, ImageNet-pretrained {backbones} at "
+                f"{sizes} px, hash functions fitted on the labeled images")
+    return f"{what}; device {devices}.{quick}"
 
 
 def write_report(results, dataset: str, command: str, paper: dict, titles: dict) -> Path:
