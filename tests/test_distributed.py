@@ -51,7 +51,8 @@ def torchrun(args, tmp_path, timeout=120):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     out = subprocess.run(TORCHRUN + args, cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=timeout)
-    assert out.returncode == 0, out.stderr[-3000:]
+    err = out.stderr if len(out.stderr) <= 6000 else out.stderr[:3000] + "\n...\n" + out.stderr[-3000:]
+    assert out.returncode == 0, f"exit {out.returncode}\nstdout: {out.stdout[-1000:]}\nstderr: {err}"
     return out
 
 

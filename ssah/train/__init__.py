@@ -47,8 +47,10 @@ def train(cfg: Config, resume: bool = False) -> Trainer:
         anet = build_anet(cfg, data.channels)
         trainer = Trainer(cfg, hnet, anet, data, cfg.run_dir, device)
         trainer.fit(resume=resume)
-    finally:
-        distributed.teardown(info)
+    except BaseException:
+        distributed.teardown(info, ok=False)
+        raise
+    distributed.teardown(info)
     return trainer
 
 

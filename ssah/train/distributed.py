@@ -104,9 +104,17 @@ def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, created=True), device
 
 
-def teardown(info: DistInfo) -> None:
+def teardown(info: DistInfo, ok: bool = True) -> None:
+    """End the process group that :func:`setup` created. After a normal run (``ok``) every
+    rank first meets at a barrier, so that no rank shuts its connections down while another
+    still uses them; after an error it ends at once (a barrier could wait for a rank that
+    has died)."""
     if info.created and is_distributed():
-        dist.destroy_process_group()
+        try:
+            if ok:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def barrier() -> None:
