@@ -1,8 +1,10 @@
 """Data-parallel training under torchrun (2 CPU processes, gloo) on digits at 8x8."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +49,26 @@ ddp.teardown(info)
 """
 
 
-def torchrun(args, tmp_path, timeout=120):
+def torchrun(args, tmp_path, timeout=120, fresh=None):
+    """Run ``torchrun --nproc-per-node 2 ARGS``; assert that it succeeded.
+
+    Once in many CI runs a worker died of SIGABRT ("terminate called without an active
+    exception", from C++ code, with no Python traceback) and could not be reproduced in 50
+    local runs. Such a crash, and only such, is retried once, with a warning, after removing
+    ``fresh`` (the run directory) when given; any other failure, or a second abort, fails.
+    """
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(TORCHRUN + args, cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=timeout)
+    for attempt in (1, 2):
+        out = subprocess.run(TORCHRUN + args, cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=timeout)
+        ours = [line for line in out.stderr.splitlines() if line.strip().startswith("File ")
+                and "/ssah/" in line and "site-packages" not in line]   # a traceback through ssah
+        native_abort = "(SIGABRT)" in out.stderr and not ours
+        if out.returncode == 0 or attempt == 2 or not native_abort:
+            break
+        warnings.warn(f"torchrun worker aborted in native code, retrying once:\n{out.stderr[:2000]}")
+        if fresh is not None:
+            shutil.rmtree(fresh, ignore_errors=True)
     err = out.stderr if len(out.stderr) <= 6000 else out.stderr[:3000] + "\n...\n" + out.stderr[-3000:]
     assert out.returncode == 0, f"exit {out.returncode}\nstdout: {out.stdout[-1000:]}\nstderr: {err}"
     return out
@@ -88,7 +106,7 @@ def test_torchrun_training_reaches_the_single_process_map_and_resumes(tmp_path, 
     cfg = tmp_path / "digits.yaml"
     cfg.write_text("train:\n  seed: 0\n")
     out = torchrun(["-m", "ssah", "train", str(cfg), "--run-dir", str(run), "--set", *common],
-                   tmp_path)
+                   tmp_path, fresh=run)
     assert json.loads(out.stdout.strip().splitlines()[-1])["epochs"] == 3   # rank 0 reports once
     for name in ("config.yaml", "split.json", "run.json"):
         assert (run / name).is_file()
