@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ssah.atomic import atomic_write
 from ssah.errors import DataError
 
 __all__ = ["plot_pr_curves", "plot_precision_at_n", "plot_training_curves",
@@ -30,9 +31,10 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 def _save(fig: Figure, path) -> Path:
+    """Write the PNG atomically: a reader never sees a half-written plot."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=DPI)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=DPI)
     fig.clear()            # release the artists; the figure is not registered with pyplot
     return path
 
