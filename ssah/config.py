@@ -44,6 +44,7 @@ class ModelConfig:
     mask_features: list[str] = field(default_factory=list)  # H-Net maps that MSMN masks (Eq 2)
     marn_max_scale: float = 1.25
     msmn_channels: int = 32
+    sample_band: bool = False        # one rotation band per image per step, not all 3 (cheaper)
 
 
 @dataclass

@@ -398,3 +398,34 @@ def test_train_step_through_hnet_with_masks():
     for p in (net.hash_layer.weight, backbone._conv_stem.weight, msmn.out.weight,
               marn.fc_out.weight):
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+def test_anet_sample_band_keeps_one_rotation_per_image():
+    """sample_band: image b of the generation is band k_b of the full generation, every band
+    is drawn, and the Eq 7 sum weight is n / 1."""
+    from ssah.models.anet import ANet
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 16, 16)
+    rotate = RandomRotate(generator=torch.Generator().manual_seed(1))
+    full = ANet(rotate, None)(x)
+    assert (full.n, full.bands, full.sum_weight) == (3, 3, 1.0)
+    rotate.generator.manual_seed(1)                     # the same angles again
+    anet = ANet(rotate, None, sample_band=True, generator=torch.Generator().manual_seed(2))
+    gen = anet(x)
+    assert gen.images.shape == x.shape and (gen.n, gen.bands, gen.sum_weight) == (1, 3, 3.0)
+    bands = full.images.view(3, 64, 3, 16, 16)
+    picks = [[k for k in range(3) if torch.equal(gen.images[b], bands[k, b])] for b in range(64)]
+    assert all(len(p) == 1 for p in picks)
+    assert sorted({p[0] for p in picks}) == [0, 1, 2]
+    assert gen.angles.shape == (3, 64)                   # all bands' parameters stay visible
+
+
+def test_anet_sample_band_learns_through_the_picked_band():
+    from ssah.models.anet import ANet
+    torch.manual_seed(0)
+    marn, msmn = MARN(3), MSMN(3, [], base_channels=8)
+    gen = ANet(marn, msmn, sample_band=True)(torch.rand(4, 3, 16, 16))
+    assert gen.images.shape == (4, 3, 16, 16) and gen.image_mask[0].shape[0] == 4
+    gen.images.square().sum().backward()
+    for p in (marn.fc_out.weight, msmn.out.weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0

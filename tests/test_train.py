@@ -137,3 +137,19 @@ def test_checkpoints_are_atomic_kept_and_checked(tmp_path):
     other = digits_cfg(tmp_path, "model.bits=32", "train.epochs=5")
     with pytest.raises(CheckpointError, match="bits"):
         make_trainer(other).fit(resume=True)
+
+
+def test_sample_band_weights_eq7_by_the_number_of_bands(tmp_path):
+    """With one band sampled per image, l_sp is n times the one-generation sum (Eq 7
+    stays unbiased) and a training step runs."""
+    tr = make_trainer(digits_cfg(tmp_path, "model.sample_band=true"))
+    assert tr.anet.sample_band
+    logs = tr.train_step(0, 0)
+    assert np.isfinite(logs["h_loss"]) and np.isfinite(logs["a_sp"])
+    g = torch.Generator().manual_seed(0)
+    u = torch.tanh(torch.randn(6, 8, generator=g))
+    y = torch.tanh(torch.randn(1, 6, 8, generator=g))
+    S = similarity_matrix(np.array([0, 0, 1, 1, 2, 2]), np.array([0, 0, 1, 1, 2, 2]))
+    one = tr.sp_term(u, y, S, 0.1, ("sph", "spc"))
+    assert torch.allclose(tr.sp_term(u, y, S, 0.1, ("sph", "spc"), 3.0), 3 * one)
+    assert float(one) > 0

@@ -134,6 +134,7 @@ def generated_grid(run_dir: Path, path: Path, n_images: int = 6):
     anet = build_anet(cfg, data.channels)
     anet.load_state_dict(state["anet"])
     anet.eval()
+    anet.sample_band = False   # show every band
     rows = data.train_labeled[np.linspace(0, len(data.train_labeled) - 1, n_images).astype(int)]  # several classes
     x = to_tensor(data.images[rows], torch.device("cpu"), False)
     with torch.no_grad():

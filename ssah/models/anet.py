@@ -18,6 +18,12 @@ class Generation:
     image_mask: tuple | None = None                      # (AM_0, PM_0) of Eq 1, m = 0
     angles: torch.Tensor | None = None                   # (n, B) degrees
     scales: torch.Tensor | None = None                   # (n, B)
+    bands: int = 1                                       # rotation bands these n stand for
+
+    @property
+    def sum_weight(self) -> float:
+        """Weight that keeps a sum over the bands (Eq 7) unbiased when one band is sampled."""
+        return self.bands / self.n
 
     def edit(self, name: str, f: torch.Tensor) -> torch.Tensor:
         """Eq 2: H-Net feature maps of generated images are masked by Eq 1, m > 0."""
@@ -30,18 +36,28 @@ class ANet(nn.Module):
     """Generates n hard versions of each image: rotate (MARN or random), then mask (MSMN or random).
 
     Either part may be None (the Table 4 ablations); with no rotation, n = 1.
+    With ``sample_band`` each image keeps one of its n rotations, drawn uniformly (torch's
+    global RNG unless a ``generator`` is given), so the masks and the H-Net see B images
+    instead of n B: an unbiased, n times cheaper estimate of the averages over n.
     """
 
-    def __init__(self, rotate: nn.Module | None, mask: nn.Module | None):
+    def __init__(self, rotate: nn.Module | None, mask: nn.Module | None, sample_band: bool = False,
+                 generator: torch.Generator | None = None):
         super().__init__()
         self.rotate = rotate
         self.mask = mask
+        self.sample_band = bool(sample_band)
+        self.generator = generator
 
     def forward(self, x: torch.Tensor) -> Generation:
         angles = scales = None
+        bands = 1
         if self.rotate is not None:
             y, angles, scales = self.rotate(x)            # (n, B, C, H, W)
-            n = y.shape[0]
+            n = bands = y.shape[0]
+            if self.sample_band and n > 1:
+                pick = torch.randint(n, (x.shape[0],), generator=self.generator).to(x.device)
+                y, n = y[pick, torch.arange(x.shape[0], device=x.device)], 1
             y = y.reshape(n * x.shape[0], *x.shape[1:])
         else:
             y, n = x, 1
@@ -54,7 +70,7 @@ class ANet(nn.Module):
         if y.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
             y = y.contiguous(memory_format=torch.channels_last)
         return Generation(images=y, n=n, feature_masks=feature_masks, image_mask=image_mask,
-                          angles=angles, scales=scales)
+                          angles=angles, scales=scales, bands=bands)
 
     def has_parameters(self) -> bool:
         return any(p.requires_grad for p in self.parameters())

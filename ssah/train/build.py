@@ -126,7 +126,7 @@ def build_anet(cfg: Config, in_channels: int) -> ANet | None:
                                      base_channels=m.msmn_channels),
             "msmn-mul": lambda: MSMN(in_channels, m.mask_features, use_add=False,
                                      base_channels=m.msmn_channels)}[masks]
-    return ANet(rotate() if rotate else None, mask() if mask else None)
+    return ANet(rotate() if rotate else None, mask() if mask else None, sample_band=m.sample_band)
 
 
 def resolve_device(name: str) -> torch.device:

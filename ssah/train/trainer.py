@@ -141,8 +141,9 @@ class Trainer:
             total = total + torch.stack(gen).mean()
         return total
 
-    def sp_term(self, u, u_gen, S, omega, terms):
-        """Eq 7: sum over n of l_adv(y, y, omega) (``sph``) + l_adv(x, y, omega / 2) (``spc``)."""
+    def sp_term(self, u, u_gen, S, omega, terms, weight: float = 1.0):
+        """Eq 7: sum over n of l_adv(y, y, omega) (``sph``) + l_adv(x, y, omega / 2) (``spc``),
+        times ``weight`` (n / generations kept, when one band per image is sampled)."""
         sp = self.cfg.loss.self_paced
         total = u.new_zeros(())
         for g in u_gen:
@@ -150,7 +151,7 @@ class Trainer:
                 total = total + self._pair(adversarial_loss, u, u, g, g, S, omega, self_paced=sp)
             if "spc" in terms:
                 total = total + self._pair(adversarial_loss, u, u, u, g, S, omega / 2, self_paced=sp)
-        return total
+        return total * weight
 
     # ------------------------------------------------------------------ steps
     def _codes_of_generation(self, gen, batch):
@@ -177,7 +178,7 @@ class Trainer:
                 u = self._gather(self.hnet(x), sizes)
             gen = self.anet(x)
             u_gen = self._gather(self._codes_of_generation(gen, len(x)), sizes, dim=1)
-            l_sp = self.sp_term(u, u_gen, S, omega, terms)
+            l_sp = self.sp_term(u, u_gen, S, omega, terms, gen.sum_weight)
             l_sem = self.semantic_term(u, u_gen, S, include_xx=False) if "sem" in terms else u.new_zeros(())
             l_quan = torch.stack([quantization_loss(g) for g in u_gen]).mean()
             loss = L.alpha * l_sp + L.lambda1 * l_sem + L.beta * l_quan
@@ -234,7 +235,7 @@ class Trainer:
                 loss = loss + L.lambda2 * l_con
                 out["h_con"] = l_con.item()
             if "sp" in terms:
-                l_sp = self.sp_term(u, u_gen, S, omega, ("sph", "spc"))
+                l_sp = self.sp_term(u, u_gen, S, omega, ("sph", "spc"), gen.sum_weight)
                 loss = loss + L.alpha * l_sp
                 out["h_sp"] = l_sp.item()
         loss = loss + L.beta * l_quan
