@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from ssah.bench.paper import PAPER, plan
+from ssah.bench.paper import PAPER, parse_row, plan
+from ssah.errors import ConfigError
 from ssah.bench.report import table_markdown
 from ssah.cli import main
 
@@ -33,6 +34,20 @@ def test_time_matched_baseline_is_an_extra_headline_row():
     assert len(extra) == 1 and extra[0].table == "headline"
     assert extra[0].overrides == ["train.variant=baseline", "train.epochs=120"]
     assert len({s.slug for s in specs}) == 3
+
+
+def test_row_adds_a_labelled_headline_run_per_bit_length():
+    row = parse_row("full (sampled band, 24 epochs): train.variant=full model.sample_band=true train.epochs=24")
+    assert row == ("full (sampled band, 24 epochs)",
+                   ["train.variant=full", "model.sample_band=true", "train.epochs=24"])
+    specs = plan(["headline", "table4"], [12, 48], [0], ablation_epochs=3, quick=False,
+                 n_unseen_splits=5, rows=[row])
+    extra = [s for s in specs if s.name == row[0]]
+    assert [(s.table, s.bits, s.overrides) for s in extra] == [("headline", 12, row[1]), ("headline", 48, row[1])]
+    assert len({s.key for s in specs}) == len(specs)
+    for bad in ("no colon", ": train.epochs=3", "label:", "label: train.epochs"):
+        with pytest.raises(ConfigError, match="--row"):
+            parse_row(bad)
 
 
 def test_report_shows_missing_numbers_as_missing():

@@ -116,11 +116,12 @@ class RunSpec:
 
 
 def plan(tables, bits, seeds, ablation_epochs, quick: bool, n_unseen_splits: int,
-         baseline_epochs: int | None = None) -> list[RunSpec]:
+         baseline_epochs: int | None = None, rows=()) -> list[RunSpec]:
     """The runs of the requested tables, headline first.
 
     ``baseline_epochs`` adds a headline row ``baseline (N epochs)``: the H-Net baseline trained
-    N epochs, so that it can be given about the full run's training time, not its epochs."""
+    N epochs, so that it can be given about the full run's training time, not its epochs.
+    ``rows`` adds headline rows ``(label, overrides)``, e.g. a full run with other settings."""
     ab = [f"train.epochs={ablation_epochs}"] if ablation_epochs else []
     specs: list[RunSpec] = []
     for seed in seeds:
@@ -132,6 +133,7 @@ def plan(tables, bits, seeds, ablation_epochs, quick: bool, n_unseen_splits: int
                     specs.append(RunSpec("headline", f"baseline ({baseline_epochs} epochs)", b,
                                          ["train.variant=baseline", f"train.epochs={baseline_epochs}"],
                                          seed=seed))
+                specs += [RunSpec("headline", name, b, list(ov), seed=seed) for name, ov in rows]
             if "shallow" in tables:
                 specs += [RunSpec("shallow", m, b, method=m, seed=seed)
                           for m in (SHALLOW[:3] if quick else SHALLOW)]
@@ -155,6 +157,16 @@ def plan(tables, bits, seeds, ablation_epochs, quick: bool, n_unseen_splits: int
                     specs += [RunSpec("table3", m, b, unseen, method=m, seed=seed, split_seed=s)
                               for m in ("itq-cca", "sdh")]
     return specs
+
+
+def parse_row(text: str) -> tuple[str, list[str]]:
+    """``'LABEL: KEY=VALUE ...'`` -> (LABEL, [KEY=VALUE, ...]) for ``--row``."""
+    label, sep, rest = text.partition(":")
+    overrides = shlex.split(rest)
+    if not sep or not label.strip() or not overrides or any("=" not in o for o in overrides):
+        raise ConfigError(f"--row {text!r}: expected 'LABEL: KEY=VALUE ...', e.g. "
+                          f"'full (sampled band): train.variant=full model.sample_band=true'")
+    return label.strip(), overrides
 
 
 def machine() -> str:
@@ -353,6 +365,8 @@ def main(argv=None) -> int:
     p.add_argument("--ablation-epochs", type=int, default=None, help="shorter budget for table 3-6 runs")
     p.add_argument("--baseline-epochs", type=int, default=None,
                    help="also run the headline baseline for this many epochs (a time-matched baseline)")
+    p.add_argument("--row", action="append", default=[], metavar="'LABEL: KEY=VALUE ...'",
+                   help="also run a headline row LABEL with these config overrides (repeatable)")
     p.add_argument("--unseen-splits", type=int, default=5)
     p.add_argument("--shallow-backbone", default="efficientnet-lite0")
     p.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", help="config overrides")
@@ -371,9 +385,10 @@ def main(argv=None) -> int:
         raise ConfigError(f"--tables: unknown {sorted(unknown)}; choose from {sorted(TABLE_TITLES)}")
     bits = [int(b) for b in args.bits.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
+    rows = [parse_row(r) for r in args.row]
     bench = PaperBench(args)
     specs = plan(tables, [bits[0]] if args.quick else bits, seeds, args.ablation_epochs, args.quick,
-                 args.unseen_splits, args.baseline_epochs)
+                 args.unseen_splits, args.baseline_epochs, rows)
     if args.backbone:   # deep runs on another backbone are separate rows (and run dirs)
         for s in specs:
             s.backbone = None if s.method else args.backbone
