@@ -107,6 +107,19 @@ def test_bench_metrics_and_encode_run(capsys):
     assert "encode / backbone" in out
 
 
+def test_bench_train_times_rows_side_by_side(capsys):
+    small = ["model.backbone=small-cnn", "data.image_size=8", "data.channels=1",
+             "model.mask_features=[conv1]", "train.batch_size=8", "train.unlabeled_batch_size=8"]
+    assert main(["bench", "train", "--steps", "1", "--repeats", "1", "--set", *small]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and "row" not in line]
+    assert [r[0].strip() for r in rows] == ["baseline", "full", "full, sampled band"]
+    assert rows[0][2].strip() == "1.00"
+    assert float(rows[1][2]) > 1            # the A-Net's step costs more than the baseline's
+    assert main(["bench", "train", "--row", "no overrides", "--set", *small]) == 2
+    assert "--row 'no overrides': expected" in capsys.readouterr().err
+
+
 def test_index_build_and_search_by_id_code_and_image(trained, capsys):
     codes = trained / "codes.npz"
     if not codes.exists():
