@@ -164,6 +164,24 @@ def apply_override(cfg: Config, item: str) -> None:
     setattr(obj, name, _coerce(value, hint, f"--set {key}"))
 
 
+# Settings that say where or how verbosely a run executes, not what it computes.
+EXECUTION_KEYS = frozenset({"run_dir", "data.cache_dir", "data.path", "data.root", "train.device",
+                            "train.num_threads", "train.quiet", "train.eval_every",
+                            "train.checkpoint_every_steps", "train.keep_checkpoints"})
+
+
+def config_differences(old: Config | dict, new: Config | dict, ignore=EXECUTION_KEYS) -> list[str]:
+    """``["train.lr: 0.01 -> 0.02", ...]``: the dotted keys whose values differ, defaults filled in."""
+    def flat(c) -> dict:
+        out = {}
+        for section, v in (c if isinstance(c, Config) else Config.from_dict(c)).to_dict().items():
+            out.update({f"{section}.{k}": x for k, x in v.items()} if isinstance(v, dict) else {section: v})
+        return out
+    a, b = flat(old), flat(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
+            if k not in ignore and a.get(k) != b.get(k)]
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 

@@ -144,3 +144,21 @@ def test_a_run_removed_from_disk_is_not_written_back(tmp_path):
     running.add({"key": "table4/msmn/12/0/0", "map_all": 0.5}, {})
     on_disk = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert [r["key"] for r in on_disk] == ["table4/msmn/12/0/0"]
+
+
+def test_a_run_dir_left_by_another_config_is_set_aside_not_resumed(tmp_path, capsys):
+    """A run dir whose checkpoints have other epochs or lr (an earlier recipe) is moved to
+    ``.stale-0`` and the run trains afresh, instead of mixing the two recipes."""
+    run_quick(tmp_path, "digits", "--tables", "headline", "--only", "headline/baseline/")
+    results = tmp_path / "results" / "results.json"
+    results.write_text(json.dumps({"runs": []}))                 # as if the record was discarded
+    capsys.readouterr()
+    runs = run_quick(tmp_path, "digits", "--tables", "headline", "--only", "headline/baseline/",
+                     "--set", "train.lr=0.05")
+    out = capsys.readouterr().out
+    run_dir = tmp_path / "runs" / "digits-quick" / "headline-baseline-12b-s0-split0"
+    assert f"{run_dir} was trained with another config (train.lr: 0.01 -> 0.05); moved to " in out
+    assert (run_dir.parent / (run_dir.name + ".stale-0") / "checkpoints").is_dir()
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log if "epoch" in e] == [1]          # trained afresh
+    assert runs[0]["config"]["train"]["lr"] == 0.05

@@ -137,6 +137,14 @@ def test_checkpoints_are_atomic_kept_and_checked(tmp_path):
     other = digits_cfg(tmp_path, "model.bits=32", "train.epochs=5")
     with pytest.raises(CheckpointError, match="bits"):
         make_trainer(other).fit(resume=True)
+    # so is another learning rate (a stale run dir), while more epochs extend the run
+    with pytest.raises(CheckpointError, match=r"another config \(train.lr: 0.02 -> 0.05, checkpoint -> config\)"):
+        make_trainer(digits_cfg(tmp_path, "train.lr=0.05", "train.epochs=5",
+                                "train.steps_per_epoch=2")).fit(resume=True)
+    longer = make_trainer(digits_cfg(tmp_path, "train.epochs=5", "train.steps_per_epoch=2",
+                                     "train.num_threads=1"))
+    longer.fit(resume=True)
+    assert longer.epoch == 5
 
 
 def test_sample_band_weights_eq7_by_the_number_of_bands(tmp_path):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write
-from ..config import VARIANTS, load_config
+from ..config import VARIANTS, config_differences, load_config
 from ..errors import ConfigError
 
 BITS = (12, 24, 48)
@@ -214,6 +214,26 @@ class Results:
         _write_json(self.out / "curves.json", self.curves)
 
 
+def set_aside_stale_run(run_dir: Path, cfg) -> Path | None:
+    """A run dir whose checkpoints were trained with another config (an earlier recipe, other
+    epochs) would be resumed into a mixed run: move it to ``<run_dir>.stale-N`` and say so."""
+    from ..train.checkpoint import latest_checkpoint
+    found = latest_checkpoint(run_dir / "checkpoints") if run_dir.is_dir() else None
+    if found is None or not found[1].get("config"):
+        return None
+    diffs = config_differences(found[1]["config"], cfg)
+    if not diffs:
+        return None
+    n = 0
+    while run_dir.with_name(f"{run_dir.name}.stale-{n}").exists():
+        n += 1
+    moved = run_dir.with_name(f"{run_dir.name}.stale-{n}")
+    run_dir.rename(moved)
+    print(f"{run_dir} was trained with another config ({'; '.join(diffs[:5])}); moved to {moved}, "
+          f"training afresh", flush=True)
+    return moved
+
+
 def _comparable(config: dict) -> dict:
     """A run's config without what does not change its result."""
     train = {k: v for k, v in config.get("train", {}).items() if k != "quiet"}
@@ -293,6 +313,7 @@ class PaperBench:
 
     def _deep(self, cfg):
         from ..train import encode_images, train
+        set_aside_stale_run(Path(cfg.run_dir), cfg)
         trainer = train(cfg, resume=True)
         data = trainer.data
         q, db = data.split.query, data.split.database

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__, metrics
-from ..config import Config, save_config
+from ..config import EXECUTION_KEYS, Config, config_differences, save_config
 from ..errors import CheckpointError, ConfigError
 from ..losses import (adversarial_loss, consistency_loss, quantization_loss, semantic_loss,
                       similarity_matrix)
@@ -481,12 +481,19 @@ def frozen_bn_stats(module):
 
 
 def check_compatible(state: dict, cfg: Config, path) -> None:
-    """A checkpoint of another bit length, backbone or variant is refused with a clear error."""
+    """A checkpoint trained with another config is refused with a clear error. Only
+    ``train.epochs`` (to extend a run) and how the run executes (``EXECUTION_KEYS``) may change."""
     for key, want in (("bits", cfg.model.bits), ("backbone", cfg.model.backbone),
                       ("variant", cfg.train.variant)):
         if state.get(key) != want:
             raise CheckpointError(f"{path} was trained with {key}={state.get(key)!r}, but the config "
                                   f"asks for {key}={want!r}; use another run_dir or match the config")
+    if state.get("config"):
+        diffs = config_differences(state["config"], cfg, EXECUTION_KEYS | {"train.epochs"})
+        if diffs:
+            more = f" and {len(diffs) - 5} more" if len(diffs) > 5 else ""
+            raise CheckpointError(f"{path} was trained with another config ({'; '.join(diffs[:5])}{more}, "
+                                  f"checkpoint -> config); use another run_dir or match the config")
 
 
 def git_commit() -> str | None:
