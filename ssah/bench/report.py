@@ -103,9 +103,11 @@ def _plots(results, out: Path) -> list[str]:
         if r["table"] == "headline" and r["variant"] == "full" and r["seed"] == 0:
             run_dir = Path(r["config"]["run_dir"])
             log = run_dir / "log.jsonl"
-            # the config's own backbone keeps the plain file names; another one is named
-            tag = "" if r["name"] == "full" else f"_{r['backbone']}"
-            what = f"{r['bits']} bits" + (f", {r['backbone']}" if tag else "")
+            # the config's own backbone keeps the plain file names; another backbone, or another
+            # headline row of the full model (--row), is named after what sets it apart
+            extra = r["name"].removeprefix("full").strip(" ()")
+            tag = "".join(c if c.isalnum() or c in "-." else "_" for c in f"_{extra}") if extra else ""
+            what = f"{r['bits']} bits" + (f", {extra}" if extra else "")
             if log.is_file():
                 png = plots.plot_training_curves(log, out / f"training_full_{r['bits']}b{tag}.png",
                                                  f"Full SSAH training, {what}")
