@@ -162,3 +162,18 @@ def test_a_run_dir_left_by_another_config_is_set_aside_not_resumed(tmp_path, cap
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log if "epoch" in e] == [1]          # trained afresh
     assert runs[0]["config"]["train"]["lr"] == 0.05
+
+
+def test_a_record_written_before_a_config_key_existed_is_still_a_twin(tmp_path):
+    """Records keep the config of their day: a key added since (at its default) is no difference."""
+    from ssah.bench.paper import Results
+    from ssah.config import load_config
+    cfg = load_config(None, ["train.variant=full", "run_dir=runs/a"]).to_dict()
+    old = {**cfg, "model": {k: v for k, v in cfg["model"].items() if k != "sample_band"}}
+    res = Results(tmp_path)
+    res.add({"key": "table4/full/12/0/0", "variant": "full", "config": old}, {})
+    want = load_config(None, ["train.variant=full", "run_dir=runs/b", "train.quiet=true"]).to_dict()
+    assert res.twin(want)["key"] == "table4/full/12/0/0"
+    other = load_config(None, ["train.variant=full", "model.sample_band=true"]).to_dict()
+    assert res.twin(other) is None
+    assert res.twin({**want, "train": {**want["train"], "num_threads": 1}}) is None

@@ -199,9 +199,9 @@ class Results:
 
         Tables share configurations (Table 4's ``full`` is Table 6's self-paced omega = 0.1 and
         Table 5's A:sem+sp H:sem+con), so such a run is trained once and reported in each table."""
-        want = _comparable(config)
         return next((r for r in self.runs if r.get("config") and r["variant"] in VARIANTS
-                     and _comparable(r["config"]) == want), None)
+                     and not config_differences(r["config"], config, ignore={"run_dir", "train.quiet"})),
+                    None)
 
     def add(self, record: dict, curves: dict) -> None:
         """Merge one record into what is on disk now (another process may have added or removed runs)."""
@@ -232,12 +232,6 @@ def set_aside_stale_run(run_dir: Path, cfg) -> Path | None:
     print(f"{run_dir} was trained with another config ({'; '.join(diffs[:5])}); moved to {moved}, "
           f"training afresh", flush=True)
     return moved
-
-
-def _comparable(config: dict) -> dict:
-    """A run's config without what does not change its result."""
-    train = {k: v for k, v in config.get("train", {}).items() if k != "quiet"}
-    return {**{k: v for k, v in config.items() if k != "run_dir"}, "train": train}
 
 
 def _write_json(path: Path, obj) -> None:
