@@ -183,7 +183,11 @@ def config_differences(old: Config | dict, new: Config | dict, ignore=EXECUTION_
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Written atomically: a killed writer leaves the previous file, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.replace(path)
 
 
 def _build(cls, d: dict, where: str):

@@ -143,8 +143,10 @@ def test_checkpoints_are_atomic_kept_and_checked(tmp_path):
                                 "train.steps_per_epoch=2")).fit(resume=True)
     longer = make_trainer(digits_cfg(tmp_path, "train.epochs=5", "train.steps_per_epoch=2",
                                      "train.num_threads=1"))
+    assert "epochs: 4" in (tmp_path / "run" / "config.yaml").read_text()
     longer.fit(resume=True)
     assert longer.epoch == 5
+    assert "epochs: 5" in (tmp_path / "run" / "config.yaml").read_text()   # what it ran under
 
 
 def test_sample_band_weights_eq7_by_the_number_of_bands(tmp_path):

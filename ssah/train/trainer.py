@@ -424,6 +424,8 @@ class Trainer:
                 self._write_run_info()
             return False
         path, state = found
+        if self.is_main:   # the config it continues under (e.g. more epochs), not the first one
+            save_config(self.cfg, self.run_dir / "config.yaml")
         self.hnet.load_state_dict(state["hnet"])
         if self.anet is not None and state["anet"]:
             self.anet.load_state_dict(state["anet"])
