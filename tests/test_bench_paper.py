@@ -176,4 +176,6 @@ def test_a_record_written_before_a_config_key_existed_is_still_a_twin(tmp_path):
     assert res.twin(want)["key"] == "table4/full/12/0/0"
     other = load_config(None, ["train.variant=full", "model.sample_band=true"]).to_dict()
     assert res.twin(other) is None
-    assert res.twin({**want, "train": {**want["train"], "num_threads": 1}}) is None
+    # threads and device change speed, not what is trained (resume ignores them too); epochs do not
+    assert res.twin({**want, "train": {**want["train"], "num_threads": 1, "device": "cuda"}})
+    assert res.twin({**want, "train": {**want["train"], "epochs": 99}}) is None

@@ -195,12 +195,13 @@ class Results:
         return any(r["key"] == spec.key for r in self.runs)
 
     def twin(self, config: dict) -> dict | None:
-        """A finished deep run trained with this same config (run dir and verbosity aside), if any.
+        """A finished deep run trained with this same config, if any. How a run executes
+        (``EXECUTION_KEYS``: run dir, device, threads, logging) does not count, as on resume.
 
         Tables share configurations (Table 4's ``full`` is Table 6's self-paced omega = 0.1 and
         Table 5's A:sem+sp H:sem+con), so such a run is trained once and reported in each table."""
         return next((r for r in self.runs if r.get("config") and r["variant"] in VARIANTS
-                     and not config_differences(r["config"], config, ignore={"run_dir", "train.quiet"})),
+                     and not config_differences(r["config"], config)),
                     None)
 
     def add(self, record: dict, curves: dict) -> None:
