@@ -115,7 +115,9 @@ def test_bench_train_times_rows_side_by_side(capsys):
             if line.startswith("| ") and "row" not in line]
     assert [r[0].strip() for r in rows] == ["baseline", "full", "full, sampled band"]
     assert rows[0][2].strip() == "1.00"
-    assert float(rows[1][2]) > 1            # the A-Net's step costs more than the baseline's
+    # ratios only: which row is slower is the benchmark's finding, not a timed unit test's
+    # (one tiny step per row flips under load)
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows)
     assert main(["bench", "train", "--row", "no overrides", "--set", *small]) == 2
     assert "--row 'no overrides': expected" in capsys.readouterr().err
 
