@@ -10,6 +10,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .atomic import atomic_write
 from .errors import ConfigError
 
 VARIANTS = ("baseline", "random-rotate", "marn", "random-mask", "msmn-add", "msmn-mul", "msmn",
@@ -184,10 +185,8 @@ def config_differences(old: Config | dict, new: Config | dict, ignore=EXECUTION_
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Written atomically: a killed writer leaves the previous file, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tmp.replace(path)
+    with atomic_write(path) as f:
+        f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
 
 
 def _build(cls, d: dict, where: str):

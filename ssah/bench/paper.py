@@ -112,7 +112,12 @@ class RunSpec:
     def slug(self) -> str:
         tag = f"-{self.backbone}" if self.backbone else ""
         s = f"{self.table}-{self.name}-{self.bits}b-s{self.seed}-split{self.split_seed}{tag}"
-        return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
+        return file_safe(s)
+
+
+def file_safe(s: str) -> str:
+    """``s`` with every character other than letters, digits, ``-``, ``_`` and ``.`` made ``_``."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
 
 
 def plan(tables, bits, seeds, ablation_epochs, quick: bool, n_unseen_splits: int,

@@ -85,6 +85,7 @@ def write_report(results, dataset: str, command: str, paper: dict, titles: dict)
 
 def _plots(results, out: Path) -> list[str]:
     from .. import plots
+    from .paper import file_safe
     lines = ["## Plots", ""]
     by_bits = defaultdict(dict)
     for r in results.runs:
@@ -106,7 +107,7 @@ def _plots(results, out: Path) -> list[str]:
             # the config's own backbone keeps the plain file names; another backbone, or another
             # headline row of the full model (--row), is named after what sets it apart
             extra = r["name"].removeprefix("full").strip(" ()")
-            tag = "".join(c if c.isalnum() or c in "-." else "_" for c in f"_{extra}") if extra else ""
+            tag = file_safe(f"_{extra}") if extra else ""
             what = f"{r['bits']} bits" + (f", {extra}" if extra else "")
             if log.is_file():
                 png = plots.plot_training_curves(log, out / f"training_full_{r['bits']}b{tag}.png",
