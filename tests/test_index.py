@@ -28,7 +28,9 @@ needs_milvus = pytest.mark.skipif(MILVUS_SKIP is not None, reason=f"milvus unava
 
 
 def engine_params(with_milvus=True):
-    out = ["flat", "mih", pytest.param("ivf", id="ivf-exhaustive")]
+    # "mih" keeps its default memory budget (tables or, when they do not fit, a scan);
+    # "mih-tables" lifts the budget so that the tables are always what is searched
+    out = ["flat", "mih", "mih-tables", pytest.param("ivf", id="ivf-exhaustive")]
     if with_milvus:
         out.append(pytest.param("milvus", marks=needs_milvus))
     return out
@@ -40,6 +42,9 @@ def make_index(engine, bits, tmp_path, **kw):
     if engine == "ivf":
         kw.setdefault("nlist", 8)
         kw.setdefault("nprobe", 8)   # every cell: exhaustive, hence exact
+    if engine == "mih-tables":
+        engine = "mih"
+        kw.setdefault("memory_budget", None)
     return HammingIndex(bits, engine=engine, **kw)
 
 
@@ -124,7 +129,7 @@ def test_mih_wide_codes_and_table_layouts(bits):
     ids = np.arange(len(db))
     for options in ({}, {"substrings": 1}, {"substrings": 2}, {"substrings": 7},
                     {"scan_factor": 1e9}):
-        index = HammingIndex(bits, engine="mih", **options)
+        index = HammingIndex(bits, engine="mih", memory_budget=None, **options)
         index.add(db)
         for k in (1, 17, 200):
             assert_same(index.search(q, k), reference(q, db, ids, k))
@@ -135,16 +140,69 @@ def test_mih_wide_codes_and_table_layouts(bits):
     assert index.stats()["engine_stats"]["distinct_codes"] <= len(db)
 
 
-def test_mih_uniform_codes_and_single_query():
+@pytest.mark.parametrize("budget", ["auto", None])
+def test_mih_uniform_codes_and_single_query(budget):
     rng = np.random.default_rng(3)
     db = rng.integers(0, 2, (20000, 32))
     q = rng.integers(0, 2, (5, 32))
-    index = HammingIndex(32, engine="mih")
+    index = HammingIndex(32, engine="mih", memory_budget=budget)
     index.add(db)
     ids = np.arange(len(db))
     for k in (1, 10, 100):
         assert_same(index.search(q, k), reference(q, db, ids, k))
     assert_same(index.search(q[0], 5), reference(q[:1], db, ids, 5))
+    (d, i), = index.range_search(q[:1], 9)
+    want = brute_force_range(pack_codes(q[:1]), pack_codes(db), 9)[0]
+    np.testing.assert_array_equal(d, want[0])
+    np.testing.assert_array_equal(i, want[1])
+    # no repeats: the tables (4-byte entries per code and table, plus groups) exceed
+    # bits / 8 + 8 bytes per item, so the default budget holds the codes in a scan
+    assert index.stats()["engine_stats"]["mode"] == ("scan" if budget else "tables")
+
+
+def test_mih_memory_budget_picks_tables_or_scan_and_is_kept():
+    """The structures stay within the budget: heavily repeated codes keep their tables,
+    barely repeated ones fall back to the scan, and the layout follows the data across
+    removals and additions; results stay those of the brute force throughout."""
+    rng = np.random.default_rng(11)
+    bits = 48
+    clustered = tied_codes(rng, 6000, bits, centres=8, flip=0.02)
+    uniform = rng.integers(0, 2, (6000, bits))
+    q = np.concatenate([tied_codes(rng, 10, bits, centres=8, flip=0.02), uniform[:5]])
+    index = HammingIndex(bits, engine="mih")
+    engine = index._engine
+
+    def check(db):
+        ids = index.ids
+        assert_same(index.search(q, 10), reference(q, db, ids, 10))
+        mem = engine.memory_bytes()
+        assert mem <= (bits / 8 + 8) * len(index), mem / len(index)
+        return index.stats()["engine_stats"]["mode"]
+
+    index.add(clustered)
+    assert check(clustered) == "tables"
+    t = engine._tables
+    # the estimate the budget is checked against is what the build allocates
+    from ssah.index.mih import _table_bytes
+    assert _table_bytes(len(engine._uniq), t["lengths"], t["direct"]) == (
+        t["tab"].nbytes + t["offsets"].nbytes + t["skeys"].nbytes)
+    index.add(uniform)
+    assert check(np.concatenate([clustered, uniform])) == "scan"
+    index.remove(np.arange(6000, 12000))
+    assert check(clustered) == "tables"
+    # a budget of 2 bytes per item is below even the codes: always the scan
+    small = HammingIndex(bits, engine="mih", memory_budget=2)
+    small.add(clustered)
+    assert small.stats()["engine_stats"]["mode"] == "scan"
+    assert_same(small.search(q, 7), reference(q, clustered, np.arange(len(clustered)), 7))
+    # the budget travels with a saved index
+    assert small._engine.options()["memory_budget"] == 2.0
+
+
+@pytest.mark.parametrize("bad", [0, -3, "lots", float("nan"), float("inf")])
+def test_mih_memory_budget_rejects_bad_values(bad):
+    with pytest.raises(SSAHError, match="memory_budget"):
+        HammingIndex(16, engine="mih", memory_budget=bad)
 
 
 
@@ -156,7 +214,7 @@ def test_mih_reused_workspace_stays_exact():
     db = tied_codes(rng, 3000, 24, centres=5, flip=0.05)
     q = tied_codes(rng, 40, 24, centres=5, flip=0.05)
     ids = np.arange(len(db))
-    index = HammingIndex(24, engine="mih")
+    index = HammingIndex(24, engine="mih", memory_budget=None)
     index.add(db)
     engine = index._engine
     for i in range(len(q)):   # single queries: the serial path, stamps 1, 2, ...
@@ -481,6 +539,30 @@ def test_cli_build_add_remove_stats_search(tmp_path, capsys):
     assert dists == sorted(dists) and max(dists) <= 3
 
 
+def test_cli_mih_memory_budget(tmp_path, capsys):
+    rng = np.random.default_rng(12)
+    codes = rng.integers(0, 2, (3000, 32))          # uniform: the tables exceed the budget
+    a = _codes_file(tmp_path / "a.npz", codes)
+    modes = {}
+    for budget in (None, "none", "40"):
+        out = str(tmp_path / f"idx-{budget}")
+        extra = [] if budget is None else ["--memory-budget", budget]
+        _run(["index", "build", "--codes", a, "--out", out, "--engine", "mih", *extra], capsys)
+        rc, text = _run(["index", "stats", "--index", out, "--json"], capsys)
+        stats = json.loads(text)
+        modes[budget] = (stats["engine_stats"]["mode"], stats["engine_options"]["memory_budget"])
+        rc, text = _run(["search", "--index", out, "--id", "5", "-k", "4", "--json"], capsys)
+        got = [r["id"] for r in json.loads(text)["results"]]
+        assert got == reference(codes[5:6], codes, np.arange(3000), 4)[1][0].tolist()
+    assert modes == {None: ("scan", "auto"), "none": ("tables", None), "40": ("tables", 40.0)}
+    with pytest.raises(SSAHError, match="memory_budget"):
+        _run(["index", "build", "--codes", a, "--out", str(tmp_path / "x"), "--engine", "mih",
+              "--memory-budget", "-1"], capsys)
+    with pytest.raises(SSAHError, match="option of the mih engine"):
+        _run(["index", "build", "--codes", a, "--out", str(tmp_path / "x"),
+              "--memory-budget", "10"], capsys)
+
+
 def test_cli_errors(tmp_path, capsys):
     rng = np.random.default_rng(10)
     a = _codes_file(tmp_path / "a.npz", rng.integers(0, 2, (20, 16)), ids=np.arange(20))
@@ -534,9 +616,14 @@ def test_cli_main_wiring(tmp_path, capsys):
 def test_benchmark_quick_run(tmp_path):
     from ssah.bench import search
     out = tmp_path / "README.md"
-    rc = search.main(["--sizes", "3000", "--bits", "16,48", "--data", "clustered",
-                      "--ks", "1,10", "--queries", "20", "--engines", "flat,mih,ivf",
+    rc = search.main(["--sizes", "3000", "--bits", "16,48", "--data", "clustered,uniform",
+                      "--ks", "1,10", "--queries", "20", "--engines", "flat,mih,mih-tables,ivf",
                       "--out", str(out)])
     text = out.read_text()
-    assert rc == 0 and "| mih |" in text and "popcount limit" in text
-    assert "identical" in text.lower()
+    assert rc == 0 and "| mih |" in text and "| mih-tables |" in text
+    assert "popcount limit" in text and "identical" in text.lower()
+    # under its budget mih stays within bits/8 + 8 bytes per item on every configuration
+    assert "memory <= bits/8 + 8 bytes per item (mih): 4/4 configurations" in text
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| 3,000 |")]
+    rows = [r for r in rows if len(r) == 13]        # the results table, not the limits
+    assert len(rows) == 2 * 2 * 2 * 5 and all(r[11] == "yes" for r in rows if r[4] in ("flat", "mih", "mih-tables"))

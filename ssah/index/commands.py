@@ -122,6 +122,10 @@ def engine_options(args) -> dict:
             if engine not in (None, "ivf"):
                 raise SSAHError(f"--{name} is an option of the ivf engine")
             opts[name] = getattr(args, name)
+    if getattr(args, "memory_budget", None) is not None:
+        if engine not in (None, "mih"):
+            raise SSAHError("--memory-budget is an option of the mih engine")
+        opts["memory_budget"] = args.memory_budget
     return opts
 
 
@@ -306,6 +310,9 @@ def _engine_args(p, default="flat"):
     p.add_argument("--collection", help="milvus collection name (default ssah_index)")
     p.add_argument("--nlist", type=int, help="ivf: number of cells")
     p.add_argument("--nprobe", type=int, help="ivf: cells visited per query")
+    p.add_argument("--memory-budget", metavar="BYTES|auto|none",
+                   help="mih: bytes per item its tables may hold (auto = bits/8 + 8, the "
+                        "default; where they do not fit it scans); none lifts the bound")
 
 
 def register(subparsers) -> None:

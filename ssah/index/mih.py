@@ -12,6 +12,15 @@ could belong to the answer has been seen, ties at the k-th distance included, an
 is exactly the brute-force one sorted by (distance, id).  When probing would cost more than
 scanning the distinct codes, the engine scans them instead (still exact).
 
+Memory: the tables cost one 4-byte entry per distinct code in each of ``m - 1`` tables, on
+top of the distinct codes, their groups and the substring directories.  Codes that barely
+repeat (uniform random ones) make that two to three times the codes themselves, so the
+engine keeps a budget, ``memory_budget`` bytes per item (default ``bits / 8 + 8``, what a
+flat index with int64 ids holds).  At build time it takes the largest ``m`` whose structures
+fit; when none does, it holds the codes in a flat FAISS scan instead (``mode`` "scan" in
+:meth:`MIHEngine.stats`): still exact, and as fast as ``flat``, which is what multi-index
+hashing gives on such codes anyway at its usual ``m``.  ``memory_budget=None`` lifts it.
+
 The tables are rebuilt lazily on the first search after ``add``/``remove`` (O(n log n)).
 """
 from __future__ import annotations
@@ -28,6 +37,33 @@ from .base import Engine, code_bytes, from_words, to_words
 SERIAL_QUERIES = 8   # batches up to this size run on one thread with the kept workspace
 
 
+def _idx_dtype(n: int):
+    """Dtype of ``members`` and ``gstart`` for ``n`` items."""
+    return np.int32 if n < 2**31 - 1 else np.int64
+
+
+def _layout(bits: int, u: int, m: int):
+    """Substring starts and lengths, and whether the tables address substrings directly
+    (``offsets`` of ``2**L + 1`` entries) rather than by binary search in sorted keys."""
+    m = max(m, -(-bits // 64))          # a substring is at most 64 bits
+    starts, lengths = _split(bits, m)
+    maxlen = int(lengths.max())
+    direct = maxlen <= 24 and (1 << maxlen) <= 8 * u + 65536
+    return starts, lengths, direct
+
+
+def _table_bytes(u: int, lengths, direct: bool) -> int:
+    """Bytes of the ``m`` substring tables over ``u`` distinct codes, as ``_build`` makes them."""
+    entry = 4 if u < 2**32 else 8
+    m = len(lengths)
+    total = (m - 1) * u * entry
+    if direct:      # offsets per table, and a one-key placeholder for the sorted keys
+        total += sum((1 << int(L)) + 1 for L in lengths) * entry + 8
+    else:           # sorted keys per table, and a two-entry placeholder for the offsets
+        total += m * u * 8 + 2 * entry
+    return int(total)
+
+
 def _split(bits: int, m: int):
     m = max(1, min(m, bits))
     base, extra = divmod(bits, m)
@@ -42,12 +78,15 @@ class MIHEngine(Engine):
     Options: ``substrings`` (m, default ``ceil(bits / log2(distinct codes))``, at least
     ``ceil(bits / 64)``),
     ``scan_factor`` (probing gives way to a scan of the distinct codes when
-    ``probes * scan_factor`` exceeds their number; default 4).
+    ``probes * scan_factor`` exceeds their number; default 4),
+    ``memory_budget`` (bytes per item the structures may hold: "auto" = ``bits / 8 + 8``, a
+    number, or None for no bound; see the module docstring).
     """
 
     name = "mih"
 
-    def __init__(self, bits: int, substrings: int | None = None, scan_factor: float = 4.0):
+    def __init__(self, bits: int, substrings: int | None = None, scan_factor: float = 4.0,
+                 memory_budget: str | float | None = "auto"):
         super().__init__(bits)
         if substrings is not None and not (1 <= int(substrings) <= bits):
             raise SSAHError(f"mih substrings must be in [1, {bits}], got {substrings}")
@@ -55,6 +94,8 @@ class MIHEngine(Engine):
             raise SSAHError(f"mih scan_factor must be > 0, got {scan_factor}")
         self.substrings = None if substrings is None else int(substrings)
         self.scan_factor = float(scan_factor)
+        self.memory_budget = _parse_budget(memory_budget)
+        self._flat = None           # the scan that holds the codes when the tables exceed the budget
         self.W = max(1, (self.bits + 63) // 64)
         # the distinct-code table; the source of truth for the codes
         self._uniq = np.zeros((0, self.W), dtype=np.uint64)
@@ -87,6 +128,7 @@ class MIHEngine(Engine):
         self._set(np.ascontiguousarray(packed))
 
     def _set(self, packed):
+        self._flat = None
         self._uniq = np.zeros((0, self.W), dtype=np.uint64)
         self._members = np.zeros(0, dtype=np.int64)
         self._gstart = np.zeros(1, dtype=np.int64)
@@ -95,7 +137,15 @@ class MIHEngine(Engine):
         self._tables = None
         self._work = None
 
+    def budget_bytes(self) -> float | None:
+        """Bytes per item the structures may hold (None: no bound)."""
+        if self.memory_budget == "auto":
+            return self.bits / 8 + 8
+        return self.memory_budget
+
     def codes(self):
+        if self._flat is not None:
+            return np.concatenate([self._flat.codes(), *self._pending])
         out_words = np.zeros((self._n, self.W), dtype=np.uint64)
         nb = len(self._members)
         if nb:
@@ -112,6 +162,8 @@ class MIHEngine(Engine):
     def _build(self):
         if self._tables is not None:
             return
+        if self._flat is not None:
+            self._set(self.codes())     # re-decide the layout over all the codes
         if self._pending:
             words = to_words(self.codes())
             n = len(words)
@@ -123,7 +175,7 @@ class MIHEngine(Engine):
                 order = np.lexsort(words.T[::-1])
                 sw = words[order]
                 new = np.flatnonzero((sw[1:] != sw[:-1]).any(axis=1)) + 1
-            idx_dtype = np.int32 if n < 2**31 - 1 else np.int64
+            idx_dtype = _idx_dtype(n)
             gstart = np.concatenate([[0], new, [n]]).astype(idx_dtype) if n else np.zeros(1, idx_dtype)
             self._uniq = np.ascontiguousarray(words[order[gstart[:-1]]]) if n else self._uniq
             self._members = order.astype(idx_dtype)
@@ -131,13 +183,14 @@ class MIHEngine(Engine):
             self._pending = []
         u = len(self._uniq)
         m = self.substrings or max(1, math.ceil(self.bits / math.log2(max(u, 2))))
-        m = max(m, -(-self.bits // 64))          # a substring is at most 64 bits
-        starts, lengths = _split(self.bits, m)
+        layout = self._fitting_layout(u, m)
+        if layout is None:
+            self._to_scan()
+            return
+        starts, lengths, direct = layout
         m = len(lengths)
         subs = K.substrings(self._uniq, starts, lengths) if u else np.zeros((0, m), np.uint64)
         subs = self._sort_groups_by(subs)
-        maxlen = int(lengths.max())
-        direct = maxlen <= 24 and (1 << maxlen) <= 8 * u + 65536
         tdtype = np.uint32 if u < 2**32 else np.int64
         tab = np.empty((m - 1) * u, dtype=tdtype)   # table 0 needs none: see _sort_groups_by
         tab_base = np.arange(m, dtype=np.int64) * u
@@ -166,8 +219,31 @@ class MIHEngine(Engine):
             else:
                 skeys[j * u:(j + 1) * u] = col[order]
         self._work = None
-        self._tables = dict(starts=starts, lengths=lengths, direct=direct, offsets=offsets,
+        self._tables = dict(mode="tables", starts=starts, lengths=lengths, direct=direct, offsets=offsets,
                             off_base=off_base, skeys=skeys, tab_base=tab_base, tab=tab)
+
+    def _fitting_layout(self, u: int, m: int):
+        """The layout with the most substrings, at most ``m``, whose structures fit the
+        budget; None when not even one table fits."""
+        budget = self.budget_bytes()
+        base = self._uniq.nbytes + self._members.nbytes + self._gstart.nbytes
+        for mm in range(m, 0, -1):
+            layout = _layout(self.bits, u, mm)
+            if budget is None or base + _table_bytes(u, layout[1], layout[2]) <= budget * self._n:
+                return layout
+            if len(layout[1]) > mm:     # already at the fewest substrings a code allows
+                break
+        return None
+
+    def _to_scan(self):
+        """Hold the codes in a flat FAISS scan (exact, ties by position) instead of tables."""
+        from .flat import FlatEngine
+        flat = FlatEngine(self.bits)
+        flat.add(self.codes())
+        self._set(np.zeros((0, self.nbytes_code), np.uint8))
+        self._flat = flat
+        self._n = len(flat)
+        self._tables = {"mode": "scan"}
 
     def _sort_groups_by(self, subs):
         """Reorder the distinct codes (and their item groups) by substring 0, stably, so
@@ -218,6 +294,8 @@ class MIHEngine(Engine):
 
     def search(self, q_packed, k, **kwargs):
         self._build()
+        if self._flat is not None:
+            return self._flat.search(q_packed, k)
         m = len(q_packed)
         if self._n == 0 or m == 0:
             return (np.full((m, k), -1, np.int32), np.full((m, k), -1, np.int64))
@@ -235,6 +313,8 @@ class MIHEngine(Engine):
 
     def range_search(self, q_packed, radius, **kwargs):
         self._build()
+        if self._flat is not None:
+            return self._flat.range_search(q_packed, radius)
         m = len(q_packed)
         if self._n == 0:
             return [(np.zeros(0, np.int32), np.zeros(0, np.int64)) for _ in range(m)]
@@ -255,18 +335,25 @@ class MIHEngine(Engine):
     def memory_bytes(self):
         total = self._uniq.nbytes + self._members.nbytes + self._gstart.nbytes
         total += sum(c.nbytes for c in self._pending)
-        if self._tables is not None:
+        if self._flat is not None:
+            total += self._flat.memory_bytes()
+        elif self._tables is not None:
             t = self._tables
             total += t["tab"].nbytes + t["offsets"].nbytes + t["skeys"].nbytes
         return int(total)
 
     def options(self):
-        return {"substrings": self.substrings, "scan_factor": self.scan_factor}
+        return {"substrings": self.substrings, "scan_factor": self.scan_factor,
+                "memory_budget": self.memory_budget}
 
     def stats(self):
         self._build()
         t = self._tables
-        return {"distinct_codes": int(len(self._uniq)),
+        budget = {"memory_budget_bytes_per_item": self.budget_bytes()}
+        if t["mode"] == "scan":
+            return {"mode": "scan", **budget, **self._flat.stats()}
+        return {"mode": "tables", **budget,
+                "distinct_codes": int(len(self._uniq)),
                 "substrings": int(len(t["lengths"])),
                 "substring_bits": [int(x) for x in t["lengths"]],
                 "tables": "direct" if t["direct"] else "sorted",
@@ -275,3 +362,22 @@ class MIHEngine(Engine):
                 # only as far as a query needs)
                 "workspace_bytes": 0 if self._work is None else int(
                     sum(a.nbytes for a in self._work.values() if isinstance(a, np.ndarray)))}
+
+
+def _parse_budget(value):
+    """``memory_budget``: "auto", None / "none", or a positive number of bytes per item."""
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, str):
+        if value.strip().lower() == "none":
+            return None
+        if value.strip().lower() == "auto":
+            return "auto"
+    try:
+        budget = float(value)
+    except (TypeError, ValueError):
+        budget = float("nan")
+    if not budget > 0 or math.isinf(budget):
+        raise SSAHError(f"mih memory_budget must be 'auto', 'none' or a positive number of "
+                        f"bytes per item, got {value!r}")
+    return budget
