@@ -333,13 +333,12 @@ class MIHEngine(Engine):
 
     # -- facts ---------------------------------------------------------------------------------
     def memory_bytes(self):
-        total = self._uniq.nbytes + self._members.nbytes + self._gstart.nbytes
-        total += sum(c.nbytes for c in self._pending)
+        self._build()           # what a search holds, not the codes waiting for the build
         if self._flat is not None:
-            total += self._flat.memory_bytes()
-        elif self._tables is not None:
-            t = self._tables
-            total += t["tab"].nbytes + t["offsets"].nbytes + t["skeys"].nbytes
+            return int(self._flat.memory_bytes())
+        t = self._tables
+        total = self._uniq.nbytes + self._members.nbytes + self._gstart.nbytes
+        total += t["tab"].nbytes + t["offsets"].nbytes + t["skeys"].nbytes
         return int(total)
 
     def options(self):
