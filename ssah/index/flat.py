@@ -6,9 +6,16 @@ zero-padded up to the next fast length (12, 16 and 24 bits -> 32; 48 -> 64; 96 -
 padding bits are zero in every code and query, so distances do not change.  ``pad="none"``
 keeps the packed width (less memory, slower search).
 
-Ties: FAISS scans the database in position order and its result heaps break equal distances
-by id (position), so each row is exactly the brute-force answer sorted by (distance, position);
-the test-suite checks this against a numpy brute force on codes with many ties.
+Selection: FAISS keeps the k best either in a heap per query or by counting, one counter per
+distance (``use_heap = False``, ``hammings_knn_mc``).  Distances are small integers, so
+counting does less work per code; measured here on 10^6-10^7 codes of 32-64 bits it searches
+1.15-1.6x faster than the heap (the default of a plain ``IndexBinaryFlat``) with identical
+results, so the engine counts.
+
+Ties: FAISS scans the database in position order and both its heaps and its counters break
+equal distances by id (position), so each row is exactly the brute-force answer sorted by
+(distance, position); the test-suite checks this against a numpy brute force on codes with
+many ties.
 """
 from __future__ import annotations
 
@@ -69,6 +76,7 @@ class FlatEngine(Engine):
         self.pad = pad
         self.width = padded_bytes(self.bits, pad)
         self._index = faiss.IndexBinaryFlat(self.width * 8)
+        self._index.use_heap = False        # select the k best by counting (module docstring)
 
     def __len__(self):
         return int(self._index.ntotal)
