@@ -76,7 +76,7 @@ class MIHEngine(Engine):
     """Exact k-NN and range search; results identical to ``flat``.
 
     Options: ``substrings`` (m, default ``ceil(bits / log2(distinct codes))``, at least
-    ``ceil(bits / 64)``),
+    ``ceil(bits / 64)``; fewer where m tables would exceed ``memory_budget``),
     ``scan_factor`` (probing gives way to a scan of the distinct codes when
     ``probes * scan_factor`` exceeds their number; default 4),
     ``memory_budget`` (bytes per item the structures may hold: "auto" = ``bits / 8 + 8``, a
