@@ -83,6 +83,13 @@ def test_quick_pipeline_on_digits_writes_results_and_skips_finished_runs(tmp_pat
     again = run_quick(tmp_path, "digits")
     assert "done, skipped" in capsys.readouterr().out
     assert [r["wall_seconds"] for r in again] == [r["wall_seconds"] for r in runs]
+    # regenerated where the run dirs are absent (a fresh clone), the report keeps linking the
+    # committed plots of those runs instead of dropping them
+    import shutil
+    shutil.rmtree(tmp_path / "runs")
+    run_quick(tmp_path, "digits", "--report-only")
+    md = (out / "README.md").read_text()
+    assert "(training_full_12b.png)" in md and "(generated_12b.png)" in md
 
 
 @pytest.mark.shared
