@@ -338,7 +338,9 @@ def report(args, rows, limits, notes, argv, seconds) -> str:
     if notes:
         lines += ["", "## Notes", "", *[f"- {x}" for x in notes]]
     lines += ["", "Engines: `flat` = FAISS IndexBinaryFlat with codes zero-padded to a fast "
-              "width (48 -> 64 bits, 12/16/24 -> 32); `ivf` = FAISS IndexBinaryIVF "
+              "width (48 -> 64 bits, 12/16/24 -> 32), selecting the k best by counting "
+              "(`use_heap = False`; `faiss-flat` is a plain IndexBinaryFlat, which uses a "
+              "heap); `ivf` = FAISS IndexBinaryIVF "
               "(nlist = sqrt(n)/4, nprobe = 16; approximate); `mih` = exact multi-index "
               "hashing over the distinct codes (numba) under its default memory budget of "
               "bits/8 + 8 bytes per item: where its tables do not fit (codes that barely "
