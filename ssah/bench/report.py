@@ -106,7 +106,9 @@ def _plots(results, out: Path) -> list[str]:
             log = run_dir / "log.jsonl"
             # the config's own backbone keeps the plain file names; another backbone, or another
             # headline row of the full model (--row), is named after what sets it apart
-            extra = r["name"].removeprefix("full").strip(" ()")
+            extra = r["name"].removeprefix("full").strip()
+            if extra.startswith("(") and extra.endswith(")") and extra.count("(") == 1:
+                extra = extra[1:-1]         # "full (sampled band)" -> "sampled band"
             tag = file_safe(f"_{extra}") if extra else ""
             what = f"{r['bits']} bits" + (f", {extra}" if extra else "")
             # a run trained on another machine leaves no run dir here: its committed plots stay
