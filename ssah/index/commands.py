@@ -117,15 +117,11 @@ def engine_options(args) -> dict:
         opts["uri"] = args.uri
     if getattr(args, "collection", None):
         opts["collection"] = args.collection
-    for name in ("nlist", "nprobe"):
+    for name, owner in (("nlist", "ivf"), ("nprobe", "ivf"), ("memory_budget", "mih")):
         if getattr(args, name, None) is not None:
-            if engine not in (None, "ivf"):
-                raise SSAHError(f"--{name} is an option of the ivf engine")
+            if engine not in (None, owner):
+                raise SSAHError(f"--{name.replace('_', '-')} is an option of the {owner} engine")
             opts[name] = getattr(args, name)
-    if getattr(args, "memory_budget", None) is not None:
-        if engine not in (None, "mih"):
-            raise SSAHError("--memory-budget is an option of the mih engine")
-        opts["memory_budget"] = args.memory_budget
     return opts
 
 

@@ -160,8 +160,10 @@ class MIHEngine(Engine):
             return
         if self._flat is not None:
             self._set(self.codes())     # re-decide the layout over all the codes
+        packed = None                   # the codes as handed in, kept for a fall-back scan
         if self._pending:
-            words = to_words(self.codes())
+            packed = self.codes()
+            words = to_words(packed)
             n = len(words)
             if self.W == 1:
                 order = np.argsort(words[:, 0], kind="stable")
@@ -181,7 +183,7 @@ class MIHEngine(Engine):
         m = self.substrings or max(1, math.ceil(self.bits / math.log2(max(u, 2))))
         layout = self._fitting_layout(u, m)
         if layout is None:
-            self._to_scan()
+            self._to_scan(self.codes() if packed is None else packed)
             return
         starts, lengths, direct = layout
         m = len(lengths)
@@ -215,7 +217,7 @@ class MIHEngine(Engine):
             else:
                 skeys[j * u:(j + 1) * u] = col[order]
         self._work = None
-        self._tables = dict(mode="tables", starts=starts, lengths=lengths, direct=direct, offsets=offsets,
+        self._tables = dict(starts=starts, lengths=lengths, direct=direct, offsets=offsets,
                             off_base=off_base, skeys=skeys, tab_base=tab_base, tab=tab)
 
     def _fitting_layout(self, u: int, m: int):
@@ -231,15 +233,16 @@ class MIHEngine(Engine):
                 break
         return None
 
-    def _to_scan(self):
-        """Hold the codes in a flat FAISS scan (exact, ties by position) instead of tables."""
+    def _to_scan(self, packed):
+        """Hold ``packed`` (every code, in position order) in a flat FAISS scan (exact, ties
+        by position) instead of tables."""
         from .flat import FlatEngine
         flat = FlatEngine(self.bits)
-        flat.add(self.codes())
+        flat.add(packed)
         self._set(np.zeros((0, self.nbytes_code), np.uint8))
         self._flat = flat
         self._n = len(flat)
-        self._tables = {"mode": "scan"}
+        self._tables = {}               # built: nothing but the scan
 
     def _sort_groups_by(self, subs):
         """Reorder the distinct codes (and their item groups) by substring 0, stably, so
@@ -345,7 +348,7 @@ class MIHEngine(Engine):
         self._build()
         t = self._tables
         budget = {"memory_budget_bytes_per_item": self.budget_bytes()}
-        if t["mode"] == "scan":
+        if self._flat is not None:
             return {"mode": "scan", **budget, **self._flat.stats()}
         return {"mode": "tables", **budget,
                 "distinct_codes": int(len(self._uniq)),
