@@ -82,6 +82,7 @@ class TrainConfig:
     alternate: str = "batch"             # batch | epoch (Algorithm 1)
     flip: bool = False                   # random horizontal flips of the training images
     seed: int = 0
+    init_from: str | None = None         # warm start: H-Net weights from this checkpoint or run dir
     device: str = "auto"                 # auto | cpu | cuda
     channels_last: bool = True
     num_threads: int | None = None

@@ -163,3 +163,25 @@ def test_sample_band_weights_eq7_by_the_number_of_bands(tmp_path):
     one = tr.sp_term(u, y, S, 0.1, ("sph", "spc"))
     assert torch.allclose(tr.sp_term(u, y, S, 0.1, ("sph", "spc"), 3.0), 3 * one)
     assert float(one) > 0
+
+
+def test_warm_start_loads_the_source_weights_and_refuses_another_split(tmp_path):
+    src = digits_cfg(tmp_path, "train.variant=baseline", "train.epochs=1", "train.eval_every=0",
+                     f"run_dir={tmp_path / 'stage1'}")
+    first = train(src)
+    cfg = digits_cfg(tmp_path, "train.variant=full", "train.epochs=0",
+                     f"train.init_from={tmp_path / 'stage1'}", f"run_dir={tmp_path / 'stage2'}")
+    second = train(cfg)   # zero epochs: the weights are exactly the source's
+    for k, v in first.hnet.state_dict().items():
+        assert torch.equal(v, second.hnet.state_dict()[k]), k
+    untouched = train(digits_cfg(tmp_path, "train.variant=full", "train.epochs=0",
+                                 f"run_dir={tmp_path / 'fresh'}"))
+    assert any(not torch.equal(v, untouched.hnet.state_dict()[k])
+               for k, v in first.hnet.state_dict().items())
+    for bad in ("data.split_seed=1", "data.val_per_class=4", "model.bits=8"):
+        with pytest.raises(CheckpointError, match=bad.split("=")[0]):
+            train(digits_cfg(tmp_path, "train.epochs=0", f"train.init_from={tmp_path / 'stage1'}",
+                             f"run_dir={tmp_path / 'bad'}", bad))
+    with pytest.raises(CheckpointError, match="train.init_from"):
+        train(digits_cfg(tmp_path, "train.epochs=0", f"train.init_from={tmp_path / 'nowhere'}",
+                         f"run_dir={tmp_path / 'bad2'}"))

@@ -10,9 +10,10 @@ import torch
 from ..config import Config, DataConfig, ModelConfig
 from ..data import build_cache, open_dataset
 from ..data.protocols import Split, fine_grained_split, standard_split, unseen_class_split
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..models import MARN, MSMN, HashNet, RandomMask, RandomRotate, build_backbone
 from ..models.anet import ANet
+from .checkpoint import resolve_checkpoint
 
 # variant -> (rotation, masks); "marn"/"msmn*" are learned, "random" the Table 4 baselines.
 VARIANT_PARTS = {
@@ -108,6 +109,33 @@ def build_hnet(cfg: ModelConfig, in_channels: int) -> HashNet:
         raise ConfigError(f"model.mask_features {sorted(unknown)} are not feature maps of "
                           f"{cfg.backbone}; choose from {list(backbone.feature_names)}")
     return HashNet(backbone, cfg.bits)
+
+
+# Data settings that decide which images are queries, labeled, unlabeled or held out.
+SPLIT_KEYS = ("dataset", "protocol", "queries_per_class", "labeled_per_class", "labeled_fraction",
+              "known_fraction", "split_seed", "val_per_class", "max_items")
+
+
+def warm_start(hnet: HashNet, cfg: Config, in_channels: int) -> Path:
+    """Load ``train.init_from``'s H-Net weights into ``hnet`` (a two-stage schedule: e.g. the
+    supervised baseline, then SSAH). Only the weights carry over; epochs, optimiser and A-Net
+    start fresh. The source must share the bits, backbone and split, so that no query or
+    validation image was ever trained on."""
+    where = f"train.init_from={cfg.train.init_from!r}"
+    try:
+        path, state = resolve_checkpoint(cfg.train.init_from)
+    except CheckpointError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    src = Config.from_dict(state["config"], where=f"{path} config")
+    wanted = [("model.bits", src.model.bits, cfg.model.bits),
+              ("model.backbone", src.model.backbone, cfg.model.backbone),
+              ("input channels", state["in_channels"], in_channels)]
+    wanted += [(f"data.{k}", getattr(src.data, k), getattr(cfg.data, k)) for k in SPLIT_KEYS]
+    bad = [f"{k}: {a!r} there, {b!r} here" for k, a, b in wanted if a != b]
+    if bad:
+        raise CheckpointError(f"{where}: {path} does not match this run ({'; '.join(bad)})")
+    hnet.load_state_dict(state["hnet"])
+    return path
 
 
 def build_anet(cfg: Config, in_channels: int) -> ANet | None:
