@@ -44,8 +44,9 @@ def train(cfg: Config, resume: bool = False) -> Trainer:
         else:
             data = prepare_data(cfg.data, cfg.run_dir, progress=not t.quiet)
         hnet = build_hnet(cfg.model, data.channels)
-        if t.init_from:   # resume (below) then replaces these weights with the run's own
-            warm_start(hnet, cfg, data.channels)
+        if t.init_from:   # rank 0 reads the weights, the Trainer sends them to the others;
+            # resume (below) then replaces them with the run's own
+            distributed.on_main(lambda: warm_start(hnet, cfg, data.channels))
         anet = build_anet(cfg, data.channels)
         trainer = Trainer(cfg, hnet, anet, data, cfg.run_dir, device)
         trainer.fit(resume=resume)
