@@ -174,6 +174,12 @@ def test_warm_start_loads_the_source_weights_and_refuses_another_split(tmp_path)
     second = train(cfg)   # zero epochs: the weights are exactly the source's
     for k, v in first.hnet.state_dict().items():
         assert torch.equal(v, second.hnet.state_dict()[k]), k
+    cfg.train.epochs = 1
+    train(cfg)                                                 # writes stage 2's own checkpoint
+    (tmp_path / "stage1").rename(tmp_path / "stage1.moved")   # resume needs only the run's own
+    cfg.train.epochs = 2
+    assert train(cfg, resume=True).epoch == 2
+    (tmp_path / "stage1.moved").rename(tmp_path / "stage1")
     untouched = train(digits_cfg(tmp_path, "train.variant=full", "train.epochs=0",
                                  f"run_dir={tmp_path / 'fresh'}"))
     assert any(not torch.equal(v, untouched.hnet.state_dict()[k])

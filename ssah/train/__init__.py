@@ -7,7 +7,7 @@ import torch
 
 from ..config import Config
 from . import distributed
-from .build import build_anet, build_hnet, prepare_data, resolve_device, warm_start
+from .build import build_anet, build_hnet, prepare_data, resolve_device
 from .checkpoint import resolve_checkpoint
 from .encode import encode_images, retrieval_report
 from .trainer import Trainer, check_compatible
@@ -44,9 +44,6 @@ def train(cfg: Config, resume: bool = False) -> Trainer:
         else:
             data = prepare_data(cfg.data, cfg.run_dir, progress=not t.quiet)
         hnet = build_hnet(cfg.model, data.channels)
-        if t.init_from:   # rank 0 reads the weights, the Trainer sends them to the others;
-            # resume (below) then replaces them with the run's own
-            distributed.on_main(lambda: warm_start(hnet, cfg, data.channels))
         anet = build_anet(cfg, data.channels)
         trainer = Trainer(cfg, hnet, anet, data, cfg.run_dir, device)
         trainer.fit(resume=resume)

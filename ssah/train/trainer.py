@@ -27,7 +27,7 @@ from ..errors import CheckpointError, ConfigError
 from ..losses import (adversarial_loss, consistency_loss, quantization_loss, semantic_loss,
                       similarity_matrix)
 from . import distributed as ddp
-from .build import RunData, to_tensor
+from .build import RunData, to_tensor, warm_start
 from .checkpoint import latest_checkpoint, remove_stale_temp_files, save_checkpoint
 from .encode import encode_images
 from .schedules import lr_factor, omega_at
@@ -322,10 +322,12 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temp_files(self.run_dir / "checkpoints")   # left by a killed writer
-        if resume:
-            self.restore()
-        elif self.is_main:
+        restored = self.restore() if resume else False
+        if not resume and self.is_main:
             self._write_run_info()
+        if not restored and t.init_from:   # a resumed run continues from its own weights
+            ddp.on_main(lambda: warm_start(self.hnet, self.cfg, self.data.channels))
+            ddp.broadcast_module(self.hnet)
         ddp.barrier()
         while self.epoch < t.epochs:
             epoch = self.epoch
