@@ -145,12 +145,12 @@ def plan(tables, bits, seeds, ablation_epochs, quick: bool, n_unseen_splits: int
             if "table4" in tables:
                 variants = ("random-rotate", "marn") if quick else TABLE4
                 specs += [RunSpec("table4", v, b, [f"train.variant={v}", *ab], seed=seed) for v in variants]
-            if "table6" in tables and (quick or b in (12, 48)):
+            if "table6" in tables:
                 for w in ((0.1,) if quick else TABLE6_OMEGAS):
                     for paced, sp in (("self-paced", "true"), ("fixed-paced", "false")):
                         specs.append(RunSpec("table6", f"{paced} w={w}", b,
                                              [f"loss.omega={w}", f"loss.self_paced={sp}", *ab], seed=seed))
-            if "table5" in tables and (quick or b == 12):
+            if "table5" in tables:
                 for name, (a, h) in list(TABLE5.items())[: 2 if quick else None]:
                     specs.append(RunSpec("table5", name, b, [f"loss.anet_losses=[{','.join(a)}]",
                                                              f"loss.hnet_losses=[{','.join(h)}]", *ab], seed=seed))
