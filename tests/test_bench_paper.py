@@ -188,3 +188,12 @@ def test_a_record_written_before_a_config_key_existed_is_still_a_twin(tmp_path):
     # threads and device change speed, not what is trained (resume ignores them too); epochs do not
     assert res.twin({**want, "train": {**want["train"], "num_threads": 1, "device": "cuda"}})
     assert res.twin({**want, "train": {**want["train"], "epochs": 99}}) is None
+
+
+def test_budget_line_names_the_epochs_of_a_table():
+    from ssah.bench.report import budget_line
+    run = {"table": "table3", "backbone": "small-cnn", "image_size": 28, "device": "cpu",
+           "machine": "x86_64 CPU"}
+    assert budget_line([{**run, "epochs": 1}], "table3").startswith("Budget: 1 epoch; backbone small-cnn at 28 px")
+    assert budget_line([{**run, "epochs": 3}, {**run, "epochs": 4}], "table3").startswith("Budget: 3, 4 epochs;")
+    assert budget_line([{**run, "epochs": 3}], "table4") == ""

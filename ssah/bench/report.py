@@ -50,7 +50,8 @@ def budget_line(runs: list[dict], table: str) -> str:
     quick = " QUICK MODE (tiny subset, pipeline check only)." if any(r.get("quick") for r in rows) else ""
     epochs = sorted({r["epochs"] for r in rows if r.get("epochs")})
     if epochs:
-        what = f"Budget: {', '.join(map(str, epochs))} epochs; backbone {backbones} at {sizes} px"
+        unit = "epoch" if epochs == [1] else "epochs"
+        what = f"Budget: {', '.join(map(str, epochs))} {unit}; backbone {backbones} at {sizes} px"
     else:
         what = (f"Features: the pooled features of the frozen, ImageNet-pretrained {backbones} at "
                 f"{sizes} px, hash functions fitted on the labeled images")
