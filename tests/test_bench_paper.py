@@ -6,7 +6,7 @@ import pytest
 
 from ssah.bench.paper import PAPER, parse_row, plan
 from ssah.errors import ConfigError
-from ssah.bench.report import table_markdown
+from ssah.bench.report import budget_line, table_markdown
 from ssah.cli import main
 
 SHARED_ZIP = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpg.zip"
@@ -191,7 +191,6 @@ def test_a_record_written_before_a_config_key_existed_is_still_a_twin(tmp_path):
 
 
 def test_budget_line_names_the_epochs_of_a_table():
-    from ssah.bench.report import budget_line
     run = {"table": "table3", "backbone": "small-cnn", "image_size": 28, "device": "cpu",
            "machine": "x86_64 CPU"}
     assert budget_line([{**run, "epochs": 1}], "table3").startswith("Budget: 1 epoch; backbone small-cnn at 28 px")
