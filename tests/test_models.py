@@ -420,6 +420,23 @@ def test_anet_sample_band_keeps_one_rotation_per_image():
     assert gen.angles.shape == (3, 64)                   # all bands' parameters stay visible
 
 
+def test_anet_sample_band_warps_only_the_picked_band(monkeypatch):
+    """sample_band resamples B images, not n B, and equals the picked band of the full warp."""
+    from ssah.models import anet as anet_module
+    from ssah.models.anet import ANet
+    seen = []
+    warp = anet_module.rotate_scale
+    monkeypatch.setattr(anet_module, "rotate_scale",
+                        lambda x, a, s: seen.append(tuple(a.shape)) or warp(x, a, s))
+    torch.manual_seed(0)
+    marn, x = MARN(3), torch.rand(5, 3, 16, 16)
+    gen = ANet(marn, None, sample_band=True, generator=torch.Generator().manual_seed(3))(x)
+    assert seen == [(1, 5)] and gen.images.shape == x.shape
+    full = marn(x)[0]
+    pick = torch.randint(3, (5,), generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(gen.images, full[pick, torch.arange(5)], atol=1e-6)
+
+
 def test_anet_sample_band_learns_through_the_picked_band():
     from ssah.models.anet import ANet
     torch.manual_seed(0)

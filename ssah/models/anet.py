@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .marn import rotate_scale
 from .msmn import apply_mask
 
 
@@ -37,8 +38,10 @@ class ANet(nn.Module):
 
     Either part may be None (the Table 4 ablations); with no rotation, n = 1.
     With ``sample_band`` each image keeps one of its n rotations, drawn uniformly (torch's
-    global RNG unless a ``generator`` is given), so the masks and the H-Net see B images
-    instead of n B: an unbiased, n times cheaper estimate of the averages over n.
+    global RNG unless a ``generator`` is given): all n transforms are predicted
+    (``rotate.transforms``) but only the picked one is warped, so the warp, the masks and the
+    H-Net see B images instead of n B: an unbiased, n times cheaper estimate of the averages
+    over n.
     """
 
     def __init__(self, rotate: nn.Module | None, mask: nn.Module | None, sample_band: bool = False,
@@ -52,12 +55,17 @@ class ANet(nn.Module):
     def forward(self, x: torch.Tensor) -> Generation:
         angles = scales = None
         bands = 1
-        if self.rotate is not None:
+        if self.rotate is not None and self.sample_band:
+            angles, scales = self.rotate.transforms(x)    # (n, B): all bands predicted ...
+            bands, b = angles.shape[0], x.shape[0]
+            pick = (torch.randint(bands, (b,), generator=self.generator) if bands > 1
+                    else torch.zeros(b, dtype=torch.long)).to(x.device)
+            every = torch.arange(b, device=x.device)
+            y = rotate_scale(x, angles[pick, every][None], scales[pick, every][None])[0]
+            n = 1                                         # ... but only the picked one is warped
+        elif self.rotate is not None:
             y, angles, scales = self.rotate(x)            # (n, B, C, H, W)
             n = bands = y.shape[0]
-            if self.sample_band and n > 1:
-                pick = torch.randint(n, (x.shape[0],), generator=self.generator).to(x.device)
-                y, n = y[pick, torch.arange(x.shape[0], device=x.device)], 1
             y = y.reshape(n * x.shape[0], *x.shape[1:])
         else:
             y, n = x, 1

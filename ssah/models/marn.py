@@ -102,10 +102,13 @@ class MARN(nn.Module):
                            torch.tanh(raw[1]))
         return angles, scales
 
-    def forward(self, x: torch.Tensor):
+    def transforms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The n predicted transforms of each image: angles (n, B) in degrees, scales (n, B)."""
         small = F.adaptive_avg_pool2d(x, LOC_SIZE)
-        raw = self.fc_out(self.loc(small))
-        angles, scales = self.parameters_from_raw(raw)
+        return self.parameters_from_raw(self.fc_out(self.loc(small)))
+
+    def forward(self, x: torch.Tensor):
+        angles, scales = self.transforms(x)
         return rotate_scale(x, angles, scales), angles, scales
 
 
@@ -125,7 +128,8 @@ class RandomRotate(nn.Module):
         self.max_scale = float(max_scale)
         self.generator = generator
 
-    def forward(self, x: torch.Tensor):
+    def transforms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """n random transforms per image: angles (n, B) in degrees, scales (n, B)."""
         n, b = self.n_transforms, x.shape[0]
         g = self.generator
         u = torch.rand(n, b, generator=g) * 2 - 1                     # magnitude in band, signed
@@ -133,5 +137,8 @@ class RandomRotate(nn.Module):
         angles = self.band_degrees * k * torch.where(u >= 0, 1.0, -1.0) + self.band_degrees * u
         log_s = (torch.rand(n, b, generator=g) * 2 - 1) * math.log(self.max_scale)
         scales = torch.exp(log_s)
-        angles, scales = angles.to(x.device), scales.to(x.device)
+        return angles.to(x.device), scales.to(x.device)
+
+    def forward(self, x: torch.Tensor):
+        angles, scales = self.transforms(x)
         return rotate_scale(x, angles, scales), angles, scales
