@@ -446,3 +446,10 @@ def test_anet_sample_band_learns_through_the_picked_band():
     gen.images.square().sum().backward()
     for p in (marn.fc_out.weight, msmn.out.weight):
         assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("cls", [MARN, RandomRotate])
+@pytest.mark.parametrize("kwargs, word", [({"max_scale": 0.5}, "max_scale"), ({"n_transforms": 0}, "n_transforms")])
+def test_rotations_refuse_bad_band_arguments(cls, kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        cls(**kwargs)

@@ -59,6 +59,15 @@ def bounded_angles(raw: torch.Tensor, band_degrees: float) -> torch.Tensor:
     return band_degrees * k * sign + band_degrees * u
 
 
+def band_arguments(n_transforms, band_degrees, max_scale) -> tuple[int, float, float]:
+    """Checked (n, band, max_scale) of MARN and its random counterpart."""
+    if int(n_transforms) < 1:
+        raise ValueError(f"n_transforms must be >= 1, got {n_transforms}")
+    if max_scale < 1:
+        raise ValueError(f"max_scale must be >= 1, got {max_scale}")
+    return int(n_transforms), float(band_degrees), float(max_scale)
+
+
 class MARN(nn.Module):
     """Multi-angle rotation network: ``forward(x) -> (y, angles, scales)``.
 
@@ -69,11 +78,8 @@ class MARN(nn.Module):
     def __init__(self, in_channels: int = 3, n_transforms: int = 3, band_degrees: float = 10.0,
                  max_scale: float = 1.25, hidden: int = 32):
         super().__init__()
-        if max_scale < 1:
-            raise ValueError(f"max_scale must be >= 1, got {max_scale}")
-        self.n_transforms = int(n_transforms)
-        self.band_degrees = float(band_degrees)
-        self.max_scale = float(max_scale)
+        self.n_transforms, self.band_degrees, self.max_scale = band_arguments(
+            n_transforms, band_degrees, max_scale)
         h = int(hidden)
         # Localisation network: the image is brought to 32x32 by adaptive average pooling
         # (which also upsamples small inputs), then 3 conv layers and 2 linear layers.
@@ -121,11 +127,8 @@ class RandomRotate(nn.Module):
     def __init__(self, n_transforms: int = 3, band_degrees: float = 10.0, max_scale: float = 1.0,
                  generator: torch.Generator | None = None):
         super().__init__()
-        if max_scale < 1:
-            raise ValueError(f"max_scale must be >= 1, got {max_scale}")
-        self.n_transforms = int(n_transforms)
-        self.band_degrees = float(band_degrees)
-        self.max_scale = float(max_scale)
+        self.n_transforms, self.band_degrees, self.max_scale = band_arguments(
+            n_transforms, band_degrees, max_scale)
         self.generator = generator
 
     def transforms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
