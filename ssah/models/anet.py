@@ -55,11 +55,10 @@ class ANet(nn.Module):
     def forward(self, x: torch.Tensor) -> Generation:
         angles = scales = None
         bands = 1
-        if self.rotate is not None and self.sample_band:
+        if self.rotate is not None and self.sample_band and self.rotate.n_transforms > 1:
             angles, scales = self.rotate.transforms(x)    # (n, B): all bands predicted ...
             bands, b = angles.shape[0], x.shape[0]
-            pick = (torch.randint(bands, (b,), generator=self.generator) if bands > 1
-                    else torch.zeros(b, dtype=torch.long)).to(x.device)
+            pick = torch.randint(bands, (b,), generator=self.generator).to(x.device)
             every = torch.arange(b, device=x.device)
             y = rotate_scale(x, angles[pick, every][None], scales[pick, every][None])[0]
             n = 1                                         # ... but only the picked one is warped
