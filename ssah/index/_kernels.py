@@ -182,6 +182,31 @@ def _binom(n, r):
     return out
 
 
+@njit(inline="always")
+def _visit(cu, q, uniq, W, gstart, visited, stamp, cand_u, cand_d, hist, ncand):
+    """Adds distinct code ``cu`` to the candidates once per query (``visited`` holds the
+    query's ``stamp``) and its items to the distance histogram; returns the new count."""
+    if visited[cu] != stamp:
+        visited[cu] = stamp
+        d = _ham(q, uniq, cu, W)
+        cand_u[ncand] = cu
+        cand_d[ncand] = d
+        hist[d] += gstart[cu + 1] - gstart[cu]
+        ncand += 1
+    return ncand
+
+
+@njit(inline="always")
+def _kth_distance(hist, bits, k):
+    """The smallest d with at least k items at distance <= d in ``hist``; -1 if none."""
+    cum = 0
+    for d in range(bits + 1):
+        cum += hist[d]
+        if cum >= k:
+            return d
+    return -1
+
+
 @njit(cache=True)
 def _mih_collect(q, qsub, uniq, gstart, starts_, lengths, direct, offsets, off_base, skeys,
                  tab_base, tab, bits, k, radius, scan_factor, visited, stamp, cand_u, cand_d, hist):
@@ -228,13 +253,7 @@ def _mih_collect(q, qsub, uniq, gstart, starts_, lengths, direct, offsets, off_b
                 for t in range(lo, hi):
                     # the distinct codes are sorted by substring 0: table 0 is the identity
                     cu = t if j == 0 else tab[base - u + t]
-                    if visited[cu] != stamp:
-                        visited[cu] = stamp
-                        d = _ham(q, uniq, cu, W)
-                        cand_u[ncand] = cu
-                        cand_d[ncand] = d
-                        ncand += 1
-                        hist[d] += gstart[cu + 1] - gstart[cu]
+                    ncand = _visit(cu, q, uniq, W, gstart, visited, stamp, cand_u, cand_d, hist, ncand)
                 if s == 0:
                     break
                 # Gosper's hack: next mask with the same popcount
@@ -249,33 +268,18 @@ def _mih_collect(q, qsub, uniq, gstart, starts_, lengths, direct, offsets, off_b
             if s == L:
                 complete = bits
             if k > 0:
-                cum = 0
-                for d in range(bits + 1):
-                    cum += hist[d]
-                    if cum >= k:
-                        if d <= complete:
-                            return ncand, d
-                        break
+                dk = _kth_distance(hist, bits, k)
+                if dk >= 0 and dk <= complete:
+                    return ncand, dk
                 if complete >= bits:
                     return ncand, -1
             elif complete >= radius:
                 return ncand, radius
     # exhaustive pass over the distinct codes not yet visited
     for cu in range(u):
-        if visited[cu] != stamp:
-            visited[cu] = stamp
-            d = _ham(q, uniq, cu, W)
-            cand_u[ncand] = cu
-            cand_d[ncand] = d
-            ncand += 1
-            hist[d] += gstart[cu + 1] - gstart[cu]
+        ncand = _visit(cu, q, uniq, W, gstart, visited, stamp, cand_u, cand_d, hist, ncand)
     if k > 0:
-        cum = 0
-        for d in range(bits + 1):
-            cum += hist[d]
-            if cum >= k:
-                return ncand, d
-        return ncand, -1
+        return ncand, _kth_distance(hist, bits, k)
     return ncand, radius
 
 
