@@ -157,20 +157,24 @@ def build_command(args) -> int:
     return 0
 
 
+def _edit_saved(path, change):
+    """Loads the index at ``path``, applies ``change(index) -> count`` and saves it in place;
+    returns (count, where it was saved, items now in it)."""
+    with _opened(path) as index:
+        n = change(index)
+        target = index.save(path)
+        return n, target, len(index)
+
+
 def add_command(args) -> int:
-    with _opened(args.index) as index:
-        n = add_shards(index, read_shards(args.codes))
-        target = index.save(args.index)
-        total = len(index)
+    n, target, total = _edit_saved(args.index, lambda index: add_shards(index, read_shards(args.codes)))
     print(f"added {n} codes ({total} in all) -> {target}")
     return 0
 
 
 def remove_command(args) -> int:
-    with _opened(args.index) as index:
-        n = index.remove(args.ids, missing="ignore" if args.ignore_missing else "error")
-        target = index.save(args.index)
-        total = len(index)
+    missing = "ignore" if args.ignore_missing else "error"
+    n, target, total = _edit_saved(args.index, lambda index: index.remove(args.ids, missing=missing))
     print(f"removed {n} items ({total} left) -> {target}")
     return 0
 
