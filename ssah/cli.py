@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import SSAHError
 
-BENCHMARKS = ("metrics", "encode", "train", "search", "paper", "serve", "robustness")
+BENCHMARKS = ("metrics", "encode", "train", "search", "paper", "serve", "robustness", "landscape")
 
 
 def cmd_train(args) -> int:
