@@ -60,6 +60,7 @@ class LossConfig:
     omega_step: float = 0.02         # omega grows by this ...
     omega_every: int = 5             # ... every this many epochs
     self_paced: bool = True          # False: Table 6's fixed-paced loss
+    sp_hinge: str = "pair"           # pair: Eq 5's hinge per pair | item: once per item (not in the paper)
     anet_losses: list[str] = field(default_factory=lambda: ["sem", "sph", "spc"])  # Table 5
     hnet_losses: list[str] = field(default_factory=lambda: ["sem", "con"])         # Table 5
 
@@ -119,6 +120,8 @@ class Config:
             raise ConfigError(f"model.bits must be positive, got {self.model.bits}")
         if self.train.batch_size < 2:
             raise ConfigError("train.batch_size must be at least 2 (the losses use pairs)")
+        if self.loss.sp_hinge not in ("pair", "item"):
+            raise ConfigError(f"loss.sp_hinge={self.loss.sp_hinge!r}: use 'pair' or 'item'")
         if self.train.alternate not in ("batch", "epoch"):
             raise ConfigError("train.alternate must be 'batch' or 'epoch'")
         return self

@@ -24,18 +24,26 @@ def pair_distance(u: torch.Tensor, v: torch.Tensor, S: torch.Tensor) -> torch.Te
 
 
 def adversarial_loss(u, v, u_gen, v_gen, S, omega, self_paced: bool = True,
-                     reduction: str = "mean") -> torch.Tensor:
+                     reduction: str = "mean", hinge: str = "pair") -> torch.Tensor:
     """Eq 5 (self-paced) or Table 6's fixed-paced loss, over all n x m pairs.
 
     hard = d'_ij - d_ij (Eq 4 / Eq 6, NOTES item 3) where d' is Eq 3 on (u_gen, v_gen);
     loss = max(margin - hard, 0), margin = omega (1 - d_ij) when self-paced, else omega.
     ``reduction="row_sum"`` sums over each item's partners, then averages over items.
+    ``hinge="item"`` (not in the paper) takes the max once per item, over its partners'
+    summed (row_sum) or averaged (mean, none: per item) margin - hard, so that only a shift
+    of the item's hardness counts and its spread over partners does not.
     """
     d = pair_distance(u, v, S)
     hard = pair_distance(u_gen, v_gen, S) - d
     margin = omega * (1 - d) if self_paced else torch.full_like(d, float(omega))
-    loss = torch.clamp(margin - hard, min=0)
-    return _reduce(loss, reduction)
+    if hinge == "pair":
+        return _reduce(torch.clamp(margin - hard, min=0), reduction)
+    if hinge != "item":
+        raise ValueError(f"unknown hinge {hinge!r}; use 'pair' or 'item'")
+    per_item = (margin - hard).sum(dim=1) if reduction == "row_sum" else (margin - hard).mean(dim=1)
+    loss = torch.clamp(per_item, min=0)
+    return loss if reduction == "none" else loss.mean()
 
 
 def semantic_loss(u: torch.Tensor, v: torch.Tensor, S: torch.Tensor, kind: str = "mse",

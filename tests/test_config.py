@@ -28,6 +28,7 @@ def test_yaml_and_toml_with_overrides(tmp_path):
     ("model:\n  bitz: 3\n", "bitz"),
     ("model:\n  bits: many\n", "model.bits"),
     ("train:\n  variant: nope\n", "train.variant"),
+    ("loss:\n  sp_hinge: row\n", "loss.sp_hinge"),
     ("- 1\n- 2\n", "mapping"),
     ("model: [\n", "cannot parse"),
 ])

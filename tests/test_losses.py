@@ -50,6 +50,24 @@ def test_adversarial_loss_self_paced_and_fixed():
     assert adversarial_loss(u, u, u, u, S2, omega).item() == pytest.approx((0.4 + 0.2 + 0.2 + 0.4) / 4)
 
 
+def test_adversarial_loss_item_hinge_nets_partners_before_the_max():
+    u = torch.tensor([[1.0, 1.0], [1.0, -1.0]])
+    S2 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    u_gen = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    # as above: margin - hard = [[.15, -.05], [-.05, .15]]; per pair the -.05 are clamped to 0,
+    # per item they offset the .15: row means .05, row sums .1
+    assert adversarial_loss(u, u, u_gen, u_gen, S2, 0.4, hinge="item").item() == pytest.approx(0.05)
+    assert adversarial_loss(u, u, u_gen, u_gen, S2, 0.4, reduction="row_sum").item() == pytest.approx(0.15)
+    assert adversarial_loss(u, u, u_gen, u_gen, S2, 0.4, reduction="row_sum",
+                            hinge="item").item() == pytest.approx(0.1)
+    assert adversarial_loss(u, u, u_gen, u_gen, S2, 0.4, reduction="none",
+                            hinge="item").tolist() == pytest.approx([0.05, 0.05])
+    # hard enough on average (margin .1): zero per item, though not per pair
+    assert adversarial_loss(u, u, u_gen, u_gen, S2, 0.1, self_paced=False, hinge="item").item() == 0.0
+    with pytest.raises(ValueError, match="hinge"):
+        adversarial_loss(u, u, u_gen, u_gen, S2, 0.4, hinge="nope")
+
+
 def test_adversarial_loss_is_zero_when_generations_are_hard_enough():
     u = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])
     S2 = torch.eye(2)

@@ -4,7 +4,8 @@ For a trained run, labeled training images are rotated by fixed angles (each ima
 one random sign), from the inner edge of each band (|angle| = band (n-1)) to its outer edge
 (band n), and the H-Net codes the rotations. Per angle it prints the terms the A-Net
 minimises (Eq 7: l_sph = l_adv(y, y, omega), l_spc = l_adv(x, y, omega / 2); Eq 8: l_sem
-over (x, y) and (y, y) pairs), the mean "hardness" d' - d (Eq 4) of similar and of
+over (x, y) and (y, y) pairs; ``_item``: the same with the hinge taken once per item,
+``loss.sp_hinge=item``), the mean "hardness" d' - d (Eq 4) of similar and of
 dissimilar pairs, its spread, and the fraction of code bits the rotation flips. It shows
 where on each band the A-Net's own loss is lowest, i.e. which rotations it is pushed to.
 Only the training split's labeled images are used, never queries or validation images.
@@ -23,8 +24,8 @@ from ..models.marn import rotate_scale
 from ..train.build import build_hnet, prepare_data, to_tensor
 from ..train.checkpoint import resolve_checkpoint
 
-COLUMNS = ("band", "angle", "l_sph", "l_spc", "l_sem", "hard_similar", "hard_dissimilar",
-           "hard_sd", "bits_flipped")
+COLUMNS = ("band", "angle", "l_sph", "l_spc", "l_sph_item", "l_spc_item", "l_sem", "hard_similar",
+           "hard_dissimilar", "hard_sd", "bits_flipped")
 
 
 @torch.no_grad()
@@ -46,16 +47,20 @@ def angle_landscape(hnet, batches, omega: float, band_degrees: float = 10.0, n_b
                 angle = band_degrees * (n + float(t))
                 v = hnet(rotate_scale(x, (sign * angle).view(1, b), torch.ones(1, b))[0])
                 hard = pair_distance(v, v, S) - d
-                row = [adversarial_loss(u, u, v, v, S, omega, reduction=reduction).item(),
-                       adversarial_loss(u, u, u, v, S, omega / 2, reduction=reduction).item(),
-                       (semantic_loss(u, v, S, reduction=reduction)
-                        + semantic_loss(v, v, S, reduction=reduction)).item(),
-                       hard[similar].mean().item() if similar.any() else float("nan"),
-                       hard[~S.bool()].mean().item() if (~S.bool()).any() else float("nan"),
-                       hard.std().item(),
-                       (u.sign() != v.sign()).float().mean().item()]
+                row = {}
+                for suffix, hinge in (("", "pair"), ("_item", "item")):
+                    row["l_sph" + suffix] = adversarial_loss(u, u, v, v, S, omega, reduction=reduction,
+                                                             hinge=hinge).item()
+                    row["l_spc" + suffix] = adversarial_loss(u, u, u, v, S, omega / 2,
+                                                             reduction=reduction, hinge=hinge).item()
+                row["l_sem"] = (semantic_loss(u, v, S, reduction=reduction)
+                                + semantic_loss(v, v, S, reduction=reduction)).item()
+                row["hard_similar"] = hard[similar].mean().item() if similar.any() else float("nan")
+                row["hard_dissimilar"] = hard[~S.bool()].mean().item() if (~S.bool()).any() else float("nan")
+                row["hard_sd"] = hard.std().item()
+                row["bits_flipped"] = (u.sign() != v.sign()).float().mean().item()
                 key = (n + 1, angle)
-                sums[key] = sums.get(key, 0) + np.asarray(row)
+                sums[key] = sums.get(key, 0) + np.asarray([row[c] for c in COLUMNS[2:]])
     return [dict(zip(COLUMNS, (n, a, *(s / len(batches)).tolist()))) for (n, a), s in sums.items()]
 
 

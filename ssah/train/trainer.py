@@ -144,13 +144,13 @@ class Trainer:
     def sp_term(self, u, u_gen, S, omega, terms, weight: float = 1.0):
         """Eq 7: sum over n of l_adv(y, y, omega) (``sph``) + l_adv(x, y, omega / 2) (``spc``),
         times ``weight`` (n / generations kept, when one band per image is sampled)."""
-        sp = self.cfg.loss.self_paced
+        kw = {"self_paced": self.cfg.loss.self_paced, "hinge": self.cfg.loss.sp_hinge}
         total = u.new_zeros(())
         for g in u_gen:
             if "sph" in terms:
-                total = total + self._pair(adversarial_loss, u, u, g, g, S, omega, self_paced=sp)
+                total = total + self._pair(adversarial_loss, u, u, g, g, S, omega, **kw)
             if "spc" in terms:
-                total = total + self._pair(adversarial_loss, u, u, u, g, S, omega / 2, self_paced=sp)
+                total = total + self._pair(adversarial_loss, u, u, u, g, S, omega / 2, **kw)
         return total * weight
 
     # ------------------------------------------------------------------ steps
