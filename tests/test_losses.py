@@ -62,8 +62,10 @@ def test_adversarial_loss_item_hinge_nets_partners_before_the_max():
                             hinge="item").item() == pytest.approx(0.1)
     assert adversarial_loss(u, u, u_gen, u_gen, S2, 0.4, reduction="none",
                             hinge="item").tolist() == pytest.approx([0.05, 0.05])
-    # hard enough on average (margin .1): zero per item, though not per pair
-    assert adversarial_loss(u, u, u_gen, u_gen, S2, 0.1, self_paced=False, hinge="item").item() == 0.0
+    # omega .3: margin - hard = [[.05, -.1], [-.1, .05]]: hard enough on average, so zero per
+    # item, though not per pair
+    assert adversarial_loss(u, u, u_gen, u_gen, S2, 0.3).item() == pytest.approx(0.025)
+    assert adversarial_loss(u, u, u_gen, u_gen, S2, 0.3, hinge="item").item() == 0.0
     with pytest.raises(ValueError, match="hinge"):
         adversarial_loss(u, u, u_gen, u_gen, S2, 0.4, hinge="nope")
 
