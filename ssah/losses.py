@@ -37,12 +37,12 @@ def adversarial_loss(u, v, u_gen, v_gen, S, omega, self_paced: bool = True,
     d = pair_distance(u, v, S)
     hard = pair_distance(u_gen, v_gen, S) - d
     margin = omega * (1 - d) if self_paced else torch.full_like(d, float(omega))
+    slack = margin - hard
     if hinge == "pair":
-        return _reduce(torch.clamp(margin - hard, min=0), reduction)
+        return _reduce(torch.clamp(slack, min=0), reduction)
     if hinge != "item":
         raise ValueError(f"unknown hinge {hinge!r}; use 'pair' or 'item'")
-    per_item = (margin - hard).sum(dim=1) if reduction == "row_sum" else (margin - hard).mean(dim=1)
-    loss = torch.clamp(per_item, min=0)
+    loss = torch.clamp(slack.sum(dim=1) if reduction == "row_sum" else slack.mean(dim=1), min=0)
     return loss if reduction == "none" else loss.mean()
 
 

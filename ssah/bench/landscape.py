@@ -18,11 +18,10 @@ import json
 import numpy as np
 import torch
 
-from ..config import Config
 from ..losses import adversarial_loss, pair_distance, semantic_loss, similarity_matrix
 from ..models.marn import rotate_scale
-from ..train.build import build_hnet, prepare_data, to_tensor
-from ..train.checkpoint import resolve_checkpoint
+from ..train import load_model, prepare_data, run_dir_of
+from ..train.build import to_tensor
 
 COLUMNS = ("band", "angle", "l_sph", "l_spc", "l_sph_item", "l_spc_item", "l_sem", "hard_similar",
            "hard_dissimilar", "hard_sd", "bits_flipped")
@@ -77,13 +76,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    path, state = resolve_checkpoint(args.run)
-    cfg = Config.from_dict(state["config"], where=f"{path} config")
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
-    data = prepare_data(cfg.data, run_dir, progress=False)
-    hnet = build_hnet(cfg.model, data.channels)
-    hnet.load_state_dict(state["hnet"])
-    hnet = hnet.to(memory_format=torch.channels_last).eval()
+    hnet, cfg, path, _ = load_model(args.run, "cpu")
+    hnet = hnet.to(memory_format=torch.channels_last)
+    data = prepare_data(cfg.data, run_dir_of(path), progress=False)
     rng = np.random.default_rng(args.seed)
     batches = []
     for _ in range(args.batches):

@@ -67,11 +67,16 @@ def load_model(checkpoint: str | Path, device: str = "auto"):
     return hnet, cfg, path, state
 
 
+def run_dir_of(checkpoint_path: Path) -> Path:
+    """The run directory of a checkpoint file (``<run>/checkpoints/ckpt-*.pt`` or a file in it)."""
+    p = Path(checkpoint_path)
+    return p.parent.parent if p.parent.name == "checkpoints" else p.parent
+
+
 def evaluate_checkpoint(checkpoint: str | Path, device: str = "auto", top_k=(5000,), progress=False) -> dict:
     """Encode the run's queries and database and report mAP@all, mAP@K, P@N, precision@r2."""
     hnet, cfg, path, state = load_model(checkpoint, device)
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    data = prepare_data(cfg.data, run_dir, progress=progress)
+    data = prepare_data(cfg.data, run_dir_of(path), progress=progress)
     dev = next(hnet.parameters()).device
     cl = cfg.train.channels_last and dev.type == "cpu"
     if cl:
