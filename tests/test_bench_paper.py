@@ -76,6 +76,13 @@ def test_quick_pipeline_on_digits_writes_results_and_skips_finished_runs(tmp_pat
         assert 0 <= r["map_all"] <= 1
         # a shallow row names the frozen backbone whose features it hashed, not the deep runs' one
         assert r["backbone"] == ("efficientnet-lite0" if r["table"] == "shallow" else "small-cnn")
+        # a trained run records its per-epoch log; a shallow one has none
+        if r["table"] == "shallow":
+            assert "history" not in r
+        else:
+            assert [h["epoch"] for h in r["history"]] == list(range(1, r["epochs"] + 1))
+            assert all(h["h_loss"] > 0 for h in r["history"])
+            assert sum(h["epoch_seconds"] for h in r["history"]) == pytest.approx(r["train_seconds"], abs=1e-4)
     out = tmp_path / "results"
     assert "Features: the pooled features of the frozen, ImageNet-pretrained efficientnet-lite0" \
         in (out / "README.md").read_text()
@@ -89,9 +96,11 @@ def test_quick_pipeline_on_digits_writes_results_and_skips_finished_runs(tmp_pat
     # committed plots of those runs instead of dropping them
     import shutil
     shutil.rmtree(tmp_path / "runs")
+    (out / "training_full_12b.png").unlink()     # redrawn from the recorded history
     run_quick(tmp_path, "digits", "--report-only")
     md = (out / "README.md").read_text()
     assert "(training_full_12b.png)" in md and "(generated_12b.png)" in md
+    assert (out / "training_full_12b.png").is_file()
 
 
 @pytest.mark.shared

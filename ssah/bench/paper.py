@@ -290,11 +290,12 @@ class PaperBench:
             self.results.add(record, self.results.curves.get(twin["key"], {}))
             return record
         start = time.time()
+        history = None
         if spec.method:
             report, curves, seconds = self._shallow(cfg, spec)
             device = "cpu"
         else:
-            report, curves, seconds, device = self._deep(cfg)
+            report, curves, seconds, device, history = self._deep(cfg)
         record = {"key": spec.key, "table": spec.table, "name": spec.label, "variant": cfg.train.variant
                   if not spec.method else spec.method,
                   # a shallow baseline hashes the frozen --shallow-backbone's features
@@ -308,6 +309,11 @@ class PaperBench:
                   "image_size": cfg.data.image_size, "dataset": cfg.data.dataset,
                   "commit": _commit(), "config": cfg.to_dict(), "quick": bool(self.args.quick),
                   "command": command}
+        if history is not None:
+            # the per-epoch log (losses, omega, validation mAP), so that the training curves
+            # outlive the run dir
+            record["history"] = [{k: round(v, 5) if isinstance(v, float) else v for k, v in h.items()}
+                                 for h in history]
         self.results.add(record, curves)
         return record
 
@@ -323,7 +329,7 @@ class PaperBench:
         report, curves = _report(codes_q, data.labels[q], codes_d, data.labels[db])
         seconds = float(sum(h.get("epoch_seconds", 0.0) for h in trainer.history))
         device = str(trainer.device) if trainer.device.type == "cpu" else torch.cuda.get_device_name(0)
-        return report, curves, seconds, device
+        return report, curves, seconds, device, trainer.history
 
     def _shallow(self, cfg, spec):
         from .. import baselines

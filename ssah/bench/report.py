@@ -112,10 +112,12 @@ def _plots(results, out: Path) -> list[str]:
                 extra = extra[1:-1]         # "full (sampled band)" -> "sampled band"
             tag = file_safe(f"_{extra}") if extra else ""
             what = f"{r['bits']} bits" + (f", {extra}" if extra else "")
-            # a run trained on another machine leaves no run dir here: its committed plots stay
+            # a run trained on another machine leaves no run dir here: its recorded history
+            # redraws the curves, and a record older than that keeps its committed plot
             png = out / f"training_full_{r['bits']}b{tag}.png"
-            if log.is_file():
-                png = plots.plot_training_curves(log, png, f"Full SSAH training, {what}")
+            source = log if log.is_file() else r.get("history")
+            if source:
+                png = plots.plot_training_curves(source, png, f"Full SSAH training, {what}")
             if png.is_file():
                 lines += [f"![training {what}]({png.name})", ""]
             grid = out / f"generated_{r['bits']}b{tag}.png"
