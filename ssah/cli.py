@@ -127,7 +127,7 @@ def cmd_encode(args) -> int:
 def cmd_evaluate(args) -> int:
     from .train import evaluate_checkpoint
     report = evaluate_checkpoint(args.checkpoint, args.device, top_k=tuple(args.top_k),
-                                 progress=not args.json)
+                                 progress=not args.json, tie_aware=args.ties == "expected")
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("evaluate", help="mAP@all, mAP@K, P@N, precision@r2 on the run's protocol")
     v.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
     v.add_argument("--top-k", type=int, nargs="+", default=[5000], help="K of mAP@K")
+    v.add_argument("--ties", choices=["expected", "database-order"], default="expected",
+                   help="rank equal-distance items in random order, taking the expectation "
+                        "(default), or in database order")
     v.add_argument("--device", default="auto")
     v.add_argument("--json", action="store_true", help="machine-readable output")
     v.set_defaults(func=cmd_evaluate)

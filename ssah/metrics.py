@@ -324,11 +324,16 @@ def mean_average_precision(query_codes, query_labels, db_codes, db_labels,
     return total / P.n_q
 
 
-def precision_at_n(query_codes, query_labels, db_codes, db_labels, ns) -> np.ndarray:
+def precision_at_n(query_codes, query_labels, db_codes, db_labels, ns,
+                   tie_aware: bool = False) -> np.ndarray:
     """Mean over queries of the precision of the first N ranked items, for each N in ``ns``.
 
     Same stable ranking as :func:`mean_average_precision`. Each N must lie in
     ``[1, database size]``. Returns a float64 array shaped like ``ns``.
+
+    With ``tie_aware=True`` the result is the expectation over uniformly random orderings of
+    each tie group: a group of ``n`` items, ``r`` of them relevant, that starts after ``N0``
+    items contributes ``r * clip((N - N0) / n, 0, 1)`` relevant items to the top N.
     """
     P = _Problem(query_codes, query_labels, db_codes, db_labels)
     ns_arr = np.asarray(ns)
@@ -340,6 +345,15 @@ def precision_at_n(query_codes, query_labels, db_codes, db_labels, ns) -> np.nda
     idx = np.asarray(flat) - 1
     k = max(flat)
     sums = np.zeros(len(flat))
+    if tie_aware:
+        for sl in P.chunks():
+            cnt, rcnt = _histograms(P.distances(sl), P.relevance(sl), P.bits)
+            start = np.cumsum(cnt, axis=1) - cnt
+            for j, n in enumerate(flat):
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    frac = np.where(cnt > 0, np.clip((n - start) / cnt, 0.0, 1.0), 0.0)
+                sums[j] += float((rcnt * frac).sum())
+        return (sums / (idx + 1) / P.n_q).reshape(ns_arr.shape)
     for sl in P.chunks():
         rs = _ranked_relevance(P.distances(sl), P.relevance(sl), k)
         cs = np.cumsum(rs, axis=1, dtype=np.int32)

@@ -53,10 +53,19 @@ def test_row_adds_a_labelled_headline_run_per_bit_length():
 
 
 def test_report_shows_missing_numbers_as_missing():
-    runs = [{"table": "headline", "name": "full", "bits": 12, "map_all": 0.5, "train_seconds": 10}]
+    runs = [{"table": "headline", "name": "full", "bits": 12, "map_all": 0.5, "train_seconds": 10,
+             "ties": "expected"}]
     md = table_markdown(runs, "headline", PAPER)
     assert "| full | 0.500 | 0.862 | – | 0.878 | – | 0.886 | 10 |" in md
     assert "| baseline | – | 0.751 | – | – | – | 0.792 | – |" in md
+
+
+def test_report_marks_numbers_ranked_with_ties_in_database_order():
+    runs = [{"table": "headline", "name": "full", "bits": 12, "map_all": 0.5, "train_seconds": 10,
+             "ties": "expected"},
+            {"table": "headline", "name": "full", "bits": 24, "map_all": 0.6, "train_seconds": 10}]
+    md = table_markdown(runs, "headline", PAPER)
+    assert "| full | 0.500 | 0.862 | 0.600 † | 0.878 | – | 0.886 | 10 |" in md
 
 
 def run_quick(tmp_path, dataset, *extra):
@@ -205,3 +214,24 @@ def test_budget_line_names_the_epochs_of_a_table():
     assert budget_line([{**run, "epochs": 1}], "table3").startswith("Budget: 1 epoch; backbone small-cnn at 28 px")
     assert budget_line([{**run, "epochs": 3}, {**run, "epochs": 4}], "table3").startswith("Budget: 3, 4 epochs;")
     assert budget_line([{**run, "epochs": 3}], "table4") == ""
+
+
+def test_reevaluate_ranks_old_database_order_records_again_from_their_checkpoints(tmp_path, capsys):
+    runs = run_quick(tmp_path, "digits", "--tables", "headline")
+    assert runs and all(r["ties"] == "expected" for r in runs)
+    path = tmp_path / "results" / "results.json"
+    old = [{**{k: v for k, v in r.items() if k != "ties"}, "map_all": 0.0} for r in runs]
+    old.append({**old[0], "key": "table4/full/12/0/0", "table": "table4", "same_run_as": old[0]["key"]})
+    path.write_text(json.dumps({"runs": old}))
+    capsys.readouterr()
+    after = {r["key"]: r for r in run_quick(tmp_path, "digits", "--reevaluate")}
+    assert f"{len(runs)} runs re-evaluated" in capsys.readouterr().out
+    for r in runs:
+        new = after[r["key"]]
+        assert new["map_all"] == pytest.approx(r["map_all"], abs=1e-12)   # same checkpoint, same ranking
+        assert new["ties"] == "expected" and new["database_order"]["map_all"] == 0.0
+    assert after["table4/full/12/0/0"]["map_all"] == after[runs[0]["key"]]["map_all"]
+    assert "†" not in (tmp_path / "results" / "README.md").read_text().split("Table")[1]
+    capsys.readouterr()
+    run_quick(tmp_path, "digits", "--reevaluate")   # nothing left to do
+    assert "0 runs re-evaluated" in capsys.readouterr().out

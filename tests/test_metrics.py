@@ -279,3 +279,25 @@ def test_invalid_parameters():
     with pytest.raises(ConfigError):
         precision_within_radius(q, [0], db, [0, 1], radius=-1)
     assert issubclass(ConfigError, SSAHError) and issubclass(DataError, SSAHError)
+
+
+def test_tie_aware_precision_at_n_closed_form():
+    # one query at distance 0 from all 4 items, 1 of them relevant: each position is
+    # relevant with probability 1/4, so P@N = 1/4 for every N, whatever the database order
+    q = np.array([[0, 0]])
+    db = np.zeros((4, 2), int)
+    dl = np.array([0, 0, 0, 1])
+    assert precision_at_n(q, [1], db, dl, [1, 2, 4]).tolist() == [0.0, 0.0, 0.25]
+    got = precision_at_n(q, [1], db, dl, [1, 2, 4], tie_aware=True)
+    assert got == pytest.approx([0.25, 0.25, 0.25], abs=1e-12)
+
+
+@pytest.mark.parametrize("seed,multilabel", CASES[:6])
+def test_tie_aware_precision_at_n_matches_exhaustive_permutations(seed, multilabel):
+    rng = np.random.default_rng(300 + seed)
+    qc, ql, dc, dl = _case(rng, 3, 6, 2, 2, multilabel)   # 2 bits, 6 items: big ties
+    ns = [1, 2, 3, 5, 6]
+    ref = np.mean([ref_p_at_n(qc, ql, dc[list(p)], dl[list(p)], ns)
+                   for p in itertools.permutations(range(len(dc)))], axis=0)
+    got = precision_at_n(qc, ql, dc, dl, ns, tie_aware=True)
+    assert got == pytest.approx(ref, abs=1e-12)

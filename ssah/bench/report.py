@@ -30,9 +30,11 @@ def table_markdown(runs: list[dict], table: str, paper: dict, bits_all=(12, 24, 
     for n in names:
         cells = []
         for b in bits:
-            ours = [r["map_all"] for r in rows if r["name"] == n and r["bits"] == b]
+            mine = [r for r in rows if r["name"] == n and r["bits"] == b]
+            # † : ranked with ties in database order (before tie-aware ranking; see the README)
+            mark = " †" if any(r.get("ties") != "expected" for r in mine) else ""
             ref = paper.get((table, n), {}).get(b)
-            cells += [_cell(ours), "–" if ref is None else f"{ref:.3f}"]
+            cells += [_cell([r["map_all"] for r in mine]) + mark, "–" if ref is None else f"{ref:.3f}"]
         secs = [r["train_seconds"] for r in rows if r["name"] == n]
         seconds = f"{np.mean(secs):.0f}" if secs else "–"
         lines.append(f"| {n} | " + " | ".join(cells) + f" | {seconds} |")
@@ -66,7 +68,14 @@ def write_report(results, dataset: str, command: str, paper: dict, titles: dict)
              "mAP over the whole database (mAP@all); `–` is a missing number. "
              "Every number below comes from these commands (each run records its own in "
              "`results.json`; runs checkpoint and resume, finished runs are skipped):", "",
-             "```sh\n" + "\n".join(c.strip() for c in commands) + "\n```", ""]
+             "```sh\n" + "\n".join(c.strip() for c in commands) + "\n```", "",
+             "Ranked metrics (mAP, mAP@K, P@N) are tie-aware: the expectation over random orders "
+             "of the database items at equal Hamming distance from the query. A number marked † "
+             "was ranked with ties in database order, before that was fixed; where the database "
+             "is stored class by class (CIFAR-10 here) that puts other classes first in every tie "
+             "and biases the number down. `ssah bench paper --reevaluate` ranks such a run again "
+             "from its final checkpoint and keeps the old figures under `database_order` in "
+             "`results.json`.", ""]
     if dataset == "cifar10":
         parts += ["Data: CIFAR-10 as JPEG (`../shared/data/cifar10-jpg.zip`, a lossy conversion of the "
                   "official arrays), the paper's protocol: 60,000 images pooled, 100 queries per "

@@ -12,7 +12,7 @@ from .checkpoint import resolve_checkpoint
 from .encode import encode_images, retrieval_report
 from .trainer import Trainer, check_compatible
 
-__all__ = ["train", "load_model", "evaluate_checkpoint", "Trainer", "encode_images", "retrieval_report",
+__all__ = ["train", "load_model", "evaluate_checkpoint", "encode_split", "Trainer", "encode_images", "retrieval_report",
            "build_hnet", "build_anet", "prepare_data", "resolve_device", "check_compatible"]
 
 
@@ -73,8 +73,9 @@ def run_dir_of(checkpoint_path: Path) -> Path:
     return p.parent.parent if p.parent.name == "checkpoints" else p.parent
 
 
-def evaluate_checkpoint(checkpoint: str | Path, device: str = "auto", top_k=(5000,), progress=False) -> dict:
-    """Encode the run's queries and database and report mAP@all, mAP@K, P@N, precision@r2."""
+def encode_split(checkpoint: str | Path, device: str = "auto", progress=False):
+    """Codes of the run's queries and database from a checkpoint:
+    ``(codes_q, labels_q, codes_d, labels_d, cfg, path, state)``."""
     hnet, cfg, path, state = load_model(checkpoint, device)
     data = prepare_data(cfg.data, run_dir_of(path), progress=progress)
     dev = next(hnet.parameters()).device
@@ -84,7 +85,15 @@ def evaluate_checkpoint(checkpoint: str | Path, device: str = "auto", top_k=(500
     q, db = data.split.query, data.split.database
     codes_q = encode_images(hnet, data.images, dev, channels_last=cl, progress=progress, rows=q)
     codes_d = encode_images(hnet, data.images, dev, channels_last=cl, progress=progress, rows=db)
-    report = retrieval_report(codes_q, data.labels[q], codes_d, data.labels[db], top_k=top_k)
+    return codes_q, data.labels[q], codes_d, data.labels[db], cfg, path, state
+
+
+def evaluate_checkpoint(checkpoint: str | Path, device: str = "auto", top_k=(5000,), progress=False,
+                        tie_aware: bool = True) -> dict:
+    """Encode the run's queries and database and report mAP@all, mAP@K, P@N, precision@r2
+    (ties ranked as in :func:`retrieval_report`)."""
+    codes_q, labels_q, codes_d, labels_d, cfg, path, state = encode_split(checkpoint, device, progress)
+    report = retrieval_report(codes_q, labels_q, codes_d, labels_d, top_k=top_k, tie_aware=tie_aware)
     report.update({"checkpoint": str(path), "bits": cfg.model.bits, "backbone": cfg.model.backbone,
                    "variant": cfg.train.variant, "dataset": cfg.data.dataset, "epoch": state["epoch"]})
     return report

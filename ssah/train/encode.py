@@ -31,18 +31,26 @@ def encode_images(hnet, images, device: torch.device, batch_size: int = 256,
 
 
 def retrieval_report(query_codes, query_labels, db_codes, db_labels, top_k=(5000,),
-                     ns=(10, 100, 1000), radius: int = 2) -> dict:
-    """mAP@all, mAP@K, P@N and precision within Hamming radius ``radius``."""
-    report = {"map_all": metrics.mean_average_precision(query_codes, query_labels, db_codes, db_labels)}
+                     ns=(10, 100, 1000), radius: int = 2, tie_aware: bool = True) -> dict:
+    """mAP@all, mAP@K, P@N and precision within Hamming radius ``radius``.
+
+    ``tie_aware`` (the default): the ranked metrics are their expectation over random orders
+    of equal-distance items, so they do not depend on the database's order; a database
+    stored class by class would otherwise put other classes first in every tie.
+    ``tie_aware=False`` breaks ties by database position. ``ties`` in the report says which.
+    """
+    args = (query_codes, query_labels, db_codes, db_labels)
+    report = {"map_all": metrics.mean_average_precision(*args, tie_aware=tie_aware)}
     for k in top_k:
         report[f"map_at_{k}"] = metrics.mean_average_precision(
-            query_codes, query_labels, db_codes, db_labels, top_k=min(k, len(db_codes)))
+            *args, top_k=min(k, len(db_codes)), tie_aware=tie_aware)
     ns = [n_ for n_ in ns if n_ <= len(db_codes)]
-    p = metrics.precision_at_n(query_codes, query_labels, db_codes, db_labels, ns) if ns else []
+    p = metrics.precision_at_n(*args, ns, tie_aware=tie_aware) if ns else []
     for n_, v in zip(ns, p):
         report[f"p_at_{n_}"] = float(v)
     report[f"precision_r{radius}"] = metrics.precision_within_radius(
         query_codes, query_labels, db_codes, db_labels, radius=radius)
+    report["ties"] = "expected" if tie_aware else "database-order"
     report["n_queries"] = int(len(query_codes))
     report["n_database"] = int(len(db_codes))
     return report
