@@ -337,7 +337,7 @@ class PaperBench:
         directory still holds the final checkpoint; the old figures stay under ``database_order``.
         Returns how many runs were re-evaluated."""
         from ..train import encode_split
-        done = 0
+        done, missing = 0, []
         for rec in list(self.results.runs):
             if (rec.get("ties") == "expected" or rec.get("same_run_as") or not rec.get("config")
                     or rec["variant"] not in VARIANTS or (only and only not in rec["key"])):
@@ -345,7 +345,7 @@ class PaperBench:
             run_dir = Path(rec["config"]["run_dir"])
             ckpts = sorted((run_dir / "checkpoints").glob("ckpt-*.pt"))
             if not ckpts:
-                print(f"{rec['key']}: no checkpoint in {run_dir}, left as it is")
+                missing.append(rec["key"])
                 continue
             codes_q, labels_q, codes_d, labels_d, cfg, path, state = encode_split(
                 ckpts[-1], self.args.device, progress=not self.args.quiet)
@@ -363,6 +363,9 @@ class PaperBench:
             print(f"{rec['key']}: mAP@all {old['map_all']:.4f} -> {new['map_all']:.4f}, "
                   f"mAP@5000 {old['map_at_5000']:.4f} -> {new['map_at_5000']:.4f}", flush=True)
             done += 1
+        if missing:
+            print(f"{len(missing)} runs have no checkpoint under {self.runs_dir} and are left as "
+                  f"they are (marked † in the tables), e.g. {missing[0]}")
         return done
 
     def _shallow(self, cfg, spec):

@@ -298,7 +298,8 @@ class Trainer:
         return logs
 
     def validate(self) -> float | None:
-        """mAP of the validation items against the labeled training items (never the queries).
+        """mAP of the validation items against the labeled training items (never the queries),
+        tie-aware (``metrics.mean_average_precision(..., tie_aware=True)``).
 
         Under torchrun rank 0 computes it and every rank gets the value.
         """
@@ -315,7 +316,7 @@ class Trainer:
         codes_d = encode_images(self.hnet, self.data.images, self.device,
                                 channels_last=self.channels_last, rows=db)
         return metrics.mean_average_precision(codes_q, self.data.labels[self.data.val],
-                                              codes_d, self.data.labels[db])
+                                              codes_d, self.data.labels[db], tie_aware=True)
 
     def fit(self, resume: bool = False) -> list[dict]:
         t = self.cfg.train
