@@ -52,6 +52,12 @@ def test_evaluate_json(trained, capsys):
     for key in ("map_all", "map_at_100", "p_at_10", "precision_r2"):
         assert 0.0 <= report[key] <= 1.0
     assert report["bits"] == 12 and report["n_queries"] == 100
+    assert report["ties"] == "expected"
+    assert main(["evaluate", "--checkpoint", str(trained / "run"), "--json", "--top-k", "100",
+                 "--ties", "database-order"]) == 0
+    old = json.loads(capsys.readouterr().out)
+    assert old["ties"] == "database-order"
+    assert old["precision_r2"] == report["precision_r2"]   # a radius does not depend on order
 
 
 def test_encode_writes_packed_codes(trained):
