@@ -343,7 +343,6 @@ def precision_at_n(query_codes, query_labels, db_codes, db_labels, ns,
     if max(flat) > P.n_db:
         raise ConfigError(f"N = {max(flat)} exceeds the database size {P.n_db}")
     idx = np.asarray(flat) - 1
-    k = max(flat)
     sums = np.zeros(len(flat))
     if tie_aware:
         for sl in P.chunks():
@@ -355,7 +354,7 @@ def precision_at_n(query_codes, query_labels, db_codes, db_labels, ns,
                 sums[j] += float((rcnt * frac).sum())
         return (sums / (idx + 1) / P.n_q).reshape(ns_arr.shape)
     for sl in P.chunks():
-        rs = _ranked_relevance(P.distances(sl), P.relevance(sl), k)
+        rs = _ranked_relevance(P.distances(sl), P.relevance(sl), max(flat))
         cs = np.cumsum(rs, axis=1, dtype=np.int32)
         sums += cs[:, idx].sum(0)
     return (sums / (idx + 1) / P.n_q).reshape(ns_arr.shape)

@@ -68,6 +68,13 @@ def test_report_marks_numbers_ranked_with_ties_in_database_order():
     assert "| full | 0.500 | 0.862 | 0.600 † | 0.878 | – | 0.886 | 10 |" in md
 
 
+def test_report_never_averages_tie_aware_numbers_with_database_order_ones():
+    runs = [{"table": "headline", "name": "full", "bits": 12, "map_all": v, "train_seconds": 10,
+             "ties": t} for v, t in ((0.4, "expected"), (0.6, "expected"), (0.9, None), (0.7, None))]
+    md = table_markdown(runs, "headline", PAPER)
+    assert "| full | 0.500 ± 0.100 (n=2); 0.800 ± 0.100 (n=2) † | 0.862 |" in md
+
+
 def run_quick(tmp_path, dataset, *extra):
     argv = ["bench", "paper", "--quick", "--dataset", dataset, "--tables", "headline,shallow",
             "--out", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"), "--quiet", *extra]
