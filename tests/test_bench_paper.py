@@ -242,3 +242,10 @@ def test_reevaluate_ranks_old_database_order_records_again_from_their_checkpoint
     capsys.readouterr()
     run_quick(tmp_path, "digits", "--reevaluate")   # nothing left to do
     assert "0 runs re-evaluated" in capsys.readouterr().out
+    # a record whose run dir holds a checkpoint from another epoch is left alone
+    other = {**old[0], "key": "headline/full/12/7/0", "seed": 7, "epochs": old[0]["epochs"] + 1}
+    path.write_text(json.dumps({"runs": list(after.values()) + [other]}))
+    rec = {r["key"]: r for r in run_quick(tmp_path, "digits", "--reevaluate")}[other["key"]]
+    out = capsys.readouterr().out
+    assert "0 runs re-evaluated" in out and f"{other['key']}: " in out and "left as it is" in out
+    assert "ties" not in rec and rec["map_all"] == 0.0

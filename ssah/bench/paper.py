@@ -337,6 +337,7 @@ class PaperBench:
         directory still holds the final checkpoint; the old figures stay under ``database_order``.
         Returns how many runs were re-evaluated."""
         from ..train import encode_split
+        from ..train.checkpoint import load_checkpoint
         done, missing = 0, []
         for rec in list(self.results.runs):
             if (rec.get("ties") == "expected" or rec.get("same_run_as") or not rec.get("config")
@@ -347,11 +348,12 @@ class PaperBench:
             if not ckpts:
                 missing.append(rec["key"])
                 continue
-            codes_q, labels_q, codes_d, labels_d, cfg, path, state = encode_split(
-                ckpts[-1], self.args.device, progress=not self.args.quiet)
-            if state["epoch"] != rec["epochs"]:
-                print(f"{rec['key']}: {path} is from epoch {state['epoch']}, not {rec['epochs']}; left as it is")
+            epoch = load_checkpoint(ckpts[-1])["epoch"]
+            if epoch != rec["epochs"]:
+                print(f"{rec['key']}: {ckpts[-1]} is from epoch {epoch}, not {rec['epochs']}; left as it is")
                 continue
+            codes_q, labels_q, codes_d, labels_d, *_ = encode_split(
+                ckpts[-1], self.args.device, progress=not self.args.quiet)
             report, curves = _report(codes_q, labels_q, codes_d, labels_d)
             old = {k: rec.get(k) for k in ("map_all", "map_at_5000", "p_at_100")}
             new = {"map_all": report["map_all"], "map_at_5000": report.get("map_at_5000"),
