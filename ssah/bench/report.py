@@ -79,8 +79,9 @@ def write_report(results, dataset: str, command: str, paper: dict, titles: dict)
              "Ranked metrics (mAP, mAP@K, P@N) are tie-aware: the expectation over random orders "
              "of the database items at equal Hamming distance from the query. A number marked † "
              "was ranked with ties in database order, before that was fixed; where the database "
-             "is stored class by class (CIFAR-10 here) that puts other classes first in every tie "
-             "and biases the number down. `ssah bench paper --reevaluate` ranks such a run again "
+             "is stored class by class (CIFAR-10's zip is; Fashion-MNIST's files are not) that puts "
+             "other classes first in every tie and biases the number down; elsewhere it only adds "
+             "noise. `ssah bench paper --reevaluate` ranks such a run again "
              "from its final checkpoint and keeps the old figures under `database_order` in "
              "`results.json`.", ""]
     if dataset == "cifar10":
