@@ -108,6 +108,24 @@ def test_quick_pipeline_on_digits_writes_results_and_skips_finished_runs(tmp_pat
     again = run_quick(tmp_path, "digits")
     assert "done, skipped" in capsys.readouterr().out
     assert [r["wall_seconds"] for r in again] == [r["wall_seconds"] for r in runs]
+    # a run dir whose log and checkpoint are not at the recorded epoch (a --force re-run in
+    # progress) must not redraw the recorded run's plots; at the recorded epoch it does
+    results_json = out / "results.json"
+    recorded = results_json.read_text()
+    doc = json.loads(recorded)
+    for r in doc["runs"]:
+        if r["name"] == "full":
+            r["epochs"] += 1
+            del r["history"]
+    results_json.write_text(json.dumps(doc))
+    plots = ("training_full_12b.png", "generated_12b.png")
+    for name in plots:
+        (out / name).write_bytes(b"committed")
+    run_quick(tmp_path, "digits", "--report-only")
+    assert [(out / name).read_bytes() for name in plots] == [b"committed"] * 2
+    results_json.write_text(recorded)
+    run_quick(tmp_path, "digits", "--report-only")
+    assert all((out / name).read_bytes() != b"committed" for name in plots)
     # regenerated where the run dirs are absent (a fresh clone), the report keeps linking the
     # committed plots of those runs instead of dropping them
     import shutil
