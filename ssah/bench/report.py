@@ -1,12 +1,13 @@
 """The results README (our numbers beside the paper's) and plots of ``ssah bench paper``."""
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..errors import DataError
 
 
 def _cell(values) -> str:
@@ -130,11 +131,10 @@ def _plots(results, out: Path) -> list[str]:
                 extra = extra[1:-1]         # "full (sampled band)" -> "sampled band"
             tag = file_safe(f"_{extra}") if extra else ""
             what = f"{r['bits']} bits" + (f", {extra}" if extra else "")
-            # a run trained on another machine leaves no run dir here: its recorded history
-            # redraws the curves, and a record older than that keeps its committed plot
+            # the recorded history redraws the curves; a record older than that uses the run
+            # dir's log and checkpoint only where they reached the recorded epoch (a --force
+            # re-run in progress must not redraw them), and otherwise keeps its committed plots
             png = out / f"training_full_{r['bits']}b{tag}.png"
-            # the recorded history is this run's; a log or checkpoint in the run dir counts only
-            # when it reached the recorded epoch (a --force re-run in progress must not redraw it)
             source = r.get("history") or (log if _last_epoch(log) == r.get("epochs") else None)
             if source:
                 png = plots.plot_training_curves(source, png, f"Full SSAH training, {what}")
@@ -150,14 +150,13 @@ def _plots(results, out: Path) -> list[str]:
 
 
 def _last_epoch(log: Path) -> int | None:
-    """The ``epoch`` of the last record of a ``log.jsonl``; None if there is none."""
-    if not log.is_file():
-        return None
-    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    """The ``epoch`` of the last record of a ``log.jsonl``; None if it is missing, empty or unreadable."""
+    from ..plots import read_log
     try:
-        return json.loads(lines[-1]).get("epoch") if lines else None
-    except (json.JSONDecodeError, AttributeError):
+        records = read_log(log)
+    except DataError:
         return None
+    return records[-1].get("epoch") if records else None
 
 
 def generated_grid(run_dir: Path, path: Path, n_images: int = 6, epoch: int | None = None):
